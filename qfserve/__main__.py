@@ -1,0 +1,3 @@
+from qfserve.cli import main
+
+main()

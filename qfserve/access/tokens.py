@@ -1,0 +1,78 @@
+"""Access tokens: issued for an app's keys, presented as `?access_token=` on every call.
+
+Shape, as Qianfan's: `24.<32 hex>.<ttl>.<expiry unix>.<n>-<app id>`. The 32 hex digits are 128
+random bits; the rest is informative. Only a SHA-256 of the whole token is stored, so a leaked
+database gives no usable token. Many tokens of one app are valid at once.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from qfserve.access.secrets import token_digest
+from qfserve.errors import ExpiredToken, InvalidToken, MissingToken
+from qfserve.store.database import Database
+from qfserve.store.schema import AppRow, TokenRow
+
+_TOKEN_SHAPE = re.compile(r"^24\.[0-9a-f]{32}\.\d+\.\d+\.\d+-\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_key: str
+    session_secret: str
+
+
+class TokenIssuer:
+    """Blocking database calls: the server runs them in a worker thread."""
+
+    def __init__(self, database: Database, ttl_seconds: int) -> None:
+        self._db = database
+        self._ttl = ttl_seconds
+
+    def issue(self, app_id: int) -> IssuedToken:
+        now = int(time.time())
+        expires_at = now + self._ttl
+        serial = secrets.randbelow(10**6)
+        token = f"24.{secrets.token_hex(16)}.{self._ttl}.{expires_at}.{serial}-{app_id}"
+        with self._db.session() as session:
+            session.add(
+                TokenRow(
+                    token_hash=token_digest(token),
+                    app_id=app_id,
+                    created_at=datetime.now(UTC),
+                    expires_at=expires_at,
+                    revoked=False,
+                )
+            )
+        # The refresh token is never accepted back: clients simply fetch a new access token.
+        refresh = f"25.{secrets.token_hex(16)}.{self._ttl * 10}.{expires_at}.{app_id}"
+        return IssuedToken(
+            access_token=token,
+            refresh_token=refresh,
+            expires_in=self._ttl,
+            session_key=secrets.token_hex(16),
+            session_secret=secrets.token_hex(16),
+        )
+
+    def verify(self, token: str | None) -> int:
+        """The app id the token belongs to; raises 100, 110 or 111 otherwise."""
+        if not token or not _TOKEN_SHAPE.match(token):
+            raise MissingToken()
+        with self._db.session() as session:
+            row = session.get(TokenRow, token_digest(token))
+            if row is None or row.revoked:
+                raise InvalidToken()
+            app = session.get(AppRow, row.app_id)
+            if app is None:
+                raise InvalidToken()
+            if row.expires_at <= time.time():
+                raise ExpiredToken()
+            return row.app_id

