@@ -43,9 +43,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the Qianfan API until SIGINT or SIGTERM."""
-    import uvicorn
-
-    from qfserve.server import create_app
+    from qfserve.server import create_app, run
 
     settings = _settings(config, host=host, port=port)
     if model is not None:
@@ -55,21 +53,11 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        application = create_app(settings)
+        service = create_app(settings)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    uvicorn.Server(
-        uvicorn.Config(
-            application,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-            # Access logs would print every URL, and Qianfan URLs carry the access token.
-            access_log=False,
-        )
-    ).run()
+    run(service, settings)
 
 
 def _apps(config: Path | None):  # type: ignore[no-untyped-def]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import anyio
+import uvicorn
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -31,13 +34,43 @@ def open_store(settings: Settings) -> tuple[Database, AppRegistry, TokenIssuer]:
     return database, AppRegistry(database), TokenIssuer(database, settings.token_ttl_seconds)
 
 
-def create_app(settings: Settings, engines: EngineRegistry | None = None) -> FastAPI:
+class Service:
+    """The ASGI app and the hook a process manager calls when asked to stop."""
+
+    def __init__(self, app: FastAPI, engines: EngineRegistry, grace_seconds: float) -> None:
+        self.app = app
+        self._engines = engines
+        self._grace = grace_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining: asyncio.Task[None] | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def begin_shutdown(self) -> None:
+        """Thread- and signal-safe: stop taking requests and wind running ones down.
+
+        Running answers get most of the grace period to finish; the rest end with error 2 as
+        their last event before the server's own grace period cancels their connections.
+        """
+        if self._loop is not None and self._draining is None:
+            self._loop.call_soon_threadsafe(self._start_draining)
+
+    def _start_draining(self) -> None:
+        if self._draining is None:
+            # Leave the last second (or half, if shorter) for the error events to reach clients.
+            running_time = max(self._grace / 2, self._grace - 1.0)
+            self._draining = asyncio.ensure_future(self._engines.drain(running_time))
+
+
+def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Service:
     database, apps, tokens = open_store(settings)
     registry = engines or EngineRegistry.from_settings(settings.endpoints, settings.engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
+        service.attach(asyncio.get_running_loop())
         try:
             yield
         finally:
@@ -63,4 +96,33 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Fas
         log.error("request %s failed: %r", request_id, exc, exc_info=exc)
         return render.error_response(InternalError(), request_id)
 
-    return app
+    service = Service(app, registry, settings.shutdown_grace_seconds)
+    return service
+
+
+class _GracefulServer(uvicorn.Server):
+    def __init__(self, service: Service, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._service.begin_shutdown()
+        # uvicorn re-raises the signal once it has shut down, so the process dies by it (status
+        # -15, or a KeyboardInterrupt traceback for SIGINT). A shutdown that was asked for and
+        # completed gracefully is a clean exit: status 0.
+        self._captured_signals.clear()
+
+
+def run(service: Service, settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then wind down within the grace period and return."""
+    config = uvicorn.Config(
+        service.app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+        # Access logs would print every URL, and Qianfan URLs carry the access token.
+        access_log=False,
+    )
+    _GracefulServer(service, config).run()

@@ -68,9 +68,10 @@ class EngineInfo:
 class Engine(Protocol):
     """A source of tokens for one endpoint.
 
-    `start` loads what the engine needs and returns once it can serve; `close` cancels what is
-    running and frees the model. `tokenize` is thread-safe and cheap enough to call on the event
-    loop for prompts of a few thousand characters.
+    `start` loads what the engine needs and returns once it can serve; `drain` winds it down at
+    shutdown; `close` cancels what is still running and frees the model. `tokenize` is
+    thread-safe and cheap enough to call on the event loop for prompts of a few thousand
+    characters.
     """
 
     @property
@@ -80,6 +81,12 @@ class Engine(Protocol):
     def ready(self) -> bool: ...
 
     async def start(self) -> None: ...
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Take no new requests (they get EngineUnavailable); let running ones finish for up to
+        `grace_seconds`, then end them with EngineUnavailable, so clients get an error instead
+        of a cut connection."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -35,6 +35,8 @@ class _Job:
     out: asyncio.Queue[Delta | BaseException]
     enqueued_at: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set with `cancelled` when the engine, not the client, ends the job (shutdown).
+    failure: BaseException | None = None
 
     def send(self, item: Delta | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -50,6 +52,7 @@ class LlamaCppEngine:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._waiting = 0  # jobs queued but not started; touched on the event loop only
         self._thread: threading.Thread | None = None
+        self._running: _Job | None = None  # set and cleared on the worker thread
         self._closing = False
 
     @property
@@ -93,15 +96,29 @@ class LlamaCppEngine:
         )
         self._llm = llm
 
+    async def drain(self, grace_seconds: float) -> None:
+        self._closing = True
+        deadline = time.monotonic() + grace_seconds
+        # Polled: the worker thread has no loop to signal on. Shutdown only.
+        while (self._running or not self._jobs.empty()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self._fail_queued()
+        if (job := self._running) is not None:
+            job.failure = EngineUnavailable()
+            job.cancelled.set()
+
+    def _fail_queued(self) -> None:
+        while not self._jobs.empty():
+            job = self._jobs.get_nowait()
+            if job is not None:
+                job.send(EngineUnavailable())
+
     async def close(self) -> None:
         self._closing = True
         if self._thread is not None:
             self._jobs.put(None)
             await anyio.to_thread.run_sync(self._thread.join)
-        while not self._jobs.empty():
-            job = self._jobs.get_nowait()
-            if job is not None:
-                job.send(EngineUnavailable())
+        self._fail_queued()
         if self._llm is not None:
             self._llm.close()
             self._llm = None
@@ -145,11 +162,14 @@ class LlamaCppEngine:
             if time.monotonic() - job.enqueued_at > self._settings.max_wait_seconds:
                 job.send(OverloadedError())
                 continue
+            self._running = job
             try:
                 self._run(job)
             except Exception as exc:
                 log.exception("request %s: generation failed", job.request.request_id)
                 job.send(InternalError() if not isinstance(exc, InternalError) else exc)
+            finally:
+                self._running = None
 
     def _piece(self, token: int) -> bytes:
         # Not `_model.token_to_piece`: in 0.3.36 it returns its whole 32-byte buffer, NULs included.
@@ -183,6 +203,12 @@ class LlamaCppEngine:
             for token in tokens:
                 if job.cancelled.is_set():
                     finish = "cancelled"
+                    log.info(
+                        "request %s cancelled after %d tokens", job.request.request_id, produced
+                    )
+                    if job.failure is not None:
+                        job.send(job.failure)
+                        return
                     break
                 if llama_token_is_eog(vocab, token):
                     finish = "stop"

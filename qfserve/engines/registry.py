@@ -6,6 +6,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import anyio
+
 from qfserve.config import EndpointSettings, EngineSettings
 from qfserve.engines.base import Engine
 
@@ -73,6 +75,11 @@ class EngineRegistry:
                 engine.info.model_path,
                 engine.info.model_name or "unnamed model",
             )
+
+    async def drain(self, grace_seconds: float) -> None:
+        async with anyio.create_task_group() as group:
+            for engine in self._engines.values():
+                group.start_soon(engine.drain, grace_seconds)
 
     async def close(self) -> None:
         for engine in self._engines.values():

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from qfserve.chat.params import RequestedSampling, resolve_sampling
+from qfserve.config import EndpointSettings
+from qfserve.errors import RuleViolation
+
+ENDPOINT = EndpointSettings()
+
+
+def test_defaults_come_from_the_endpoint() -> None:
+    params = resolve_sampling(RequestedSampling(), ENDPOINT)
+    assert params.temperature == 0.6 and params.top_p == 0.9
+    assert params.max_tokens == ENDPOINT.default_max_output_tokens
+    assert params.stop == ()
+
+
+def test_asked_values_win() -> None:
+    asked = RequestedSampling(temperature=1.0, top_p=0.0, top_k=3, stop=["x"], max_output_tokens=2)
+    params = resolve_sampling(asked, ENDPOINT)
+    assert (params.temperature, params.top_p, params.top_k, params.max_tokens) == (1.0, 0.0, 3, 2)
+    assert params.stop == ("x",)
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        RequestedSampling(temperature=0),
+        RequestedSampling(temperature=1.01),
+        RequestedSampling(top_p=-0.1),
+        RequestedSampling(top_k=0),
+        RequestedSampling(penalty_score=0.9),
+        RequestedSampling(stop=["a"] * 5),
+        RequestedSampling(stop=["a" * 21]),
+        RequestedSampling(max_output_tokens=1),
+        RequestedSampling(max_output_tokens=2049),
+    ],
+)
+def test_out_of_range_is_336003(asked: RequestedSampling) -> None:
+    with pytest.raises(RuleViolation):
+        resolve_sampling(asked, ENDPOINT)
