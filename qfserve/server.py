@@ -17,12 +17,14 @@ from starlette.responses import Response
 from qfserve.access.apps import AppRegistry
 from qfserve.access.tokens import TokenIssuer
 from qfserve.api import health
+from qfserve.api import metrics as metrics_route
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan import routes as qianfan_routes
 from qfserve.api.qianfan.serving import QianfanServing
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import InternalError, MethodNotAllowed, UnknownRoute
+from qfserve.metrics import Metrics
 from qfserve.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,11 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     app = FastAPI(
         title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    serving = QianfanServing(settings, tokens, registry)
+    metrics = Metrics(registry)
+    serving = QianfanServing(settings, tokens, registry, metrics)
     app.include_router(qianfan_routes.build_router(serving, apps, tokens))
     app.include_router(health.build_router(registry))
+    app.include_router(metrics_route.build_router(metrics))
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:

@@ -65,6 +65,17 @@ class EngineInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot for /metrics: gauges, then running totals since start."""
+
+    running: int
+    waiting: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    generated_tokens: int
+
+
 class Engine(Protocol):
     """A source of tokens for one endpoint.
 
@@ -91,5 +102,9 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
+
+    def stats(self) -> EngineStats:
+        """Cheap and callable from any thread: read at scrape time."""
+        ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...

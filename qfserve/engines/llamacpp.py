@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from qfserve.config import EngineSettings
-from qfserve.engines.base import Delta, EngineInfo, FinishReason, GenerationRequest
+from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, GenerationRequest
 from qfserve.engines.stops import StopMatcher
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
 
@@ -54,6 +54,7 @@ class LlamaCppEngine:
         self._thread: threading.Thread | None = None
         self._running: _Job | None = None  # set and cleared on the worker thread
         self._closing = False
+        self._prompt_tokens = self._generated_tokens = 0  # written by the worker thread only
 
     @property
     def info(self) -> EngineInfo:
@@ -123,6 +124,10 @@ class LlamaCppEngine:
             self._llm.close()
             self._llm = None
 
+    def stats(self) -> EngineStats:
+        running = 1 if self._running is not None else 0
+        return EngineStats(running, self._waiting, self._prompt_tokens, 0, self._generated_tokens)
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         if self._llm is None:
             raise EngineUnavailable()
@@ -186,6 +191,7 @@ class LlamaCppEngine:
         if sampling.seed is not None:
             llm.set_seed(sampling.seed)
         prompt = job.request.prompt_tokens
+        self._prompt_tokens += len(prompt)
         budget = min(sampling.max_tokens, self._info.context_length - len(prompt))
         stops = StopMatcher(sampling.stop)
         vocab = llm._model.vocab
@@ -215,6 +221,7 @@ class LlamaCppEngine:
                     break
                 produced += 1
                 pending += 1
+                self._generated_tokens += 1
                 text = stops.feed(self._piece(token))
                 if text or stops.stopped:
                     job.send(Delta(text, pending))

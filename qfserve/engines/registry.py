@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 from qfserve.config import EndpointSettings, EngineSettings
-from qfserve.engines.base import Engine
+from qfserve.engines.base import Engine, EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class EngineRegistry:
 
     def get(self, name: str) -> Engine | None:
         return self._engines.get(name)
+
+    def stats(self) -> dict[str, EngineStats]:
+        return {name: engine.stats() for name, engine in self._engines.items()}
 
     def names(self) -> list[str]:
         return list(self._engines)

@@ -29,10 +29,13 @@ from qfserve.errors import (
     OAuthError,
     QfserveError,
 )
+from qfserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+# The error code under which /metrics counts requests whose client left before the end (nginx's).
+CLIENT_GONE = 499
 Body = TypeVar("Body", bound=BaseModel)
 
 
@@ -103,6 +106,7 @@ def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer
 
     async def _chat_flow(request: Request, endpoint: str, parse: Any, kind: str) -> Response:
         request_id = render.new_request_id()
+        metrics = serving.metrics
         try:
             # Authentication and validation come before the first byte of any answer.
             await serving.authenticate(request.query_params.get("access_token"))
@@ -112,18 +116,21 @@ def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer
             if body.stream:
                 events = serving.stream(prepared)
                 first = await until_disconnect(request.receive, anext(events))
-                return EventStreamResponse(
-                    _sse(request_id, kind, prepared, first, events), headers=render.STREAM_HEADERS
-                )
+                chunks = _sse(request_id, kind, prepared, first, events, metrics, endpoint)
+                return EventStreamResponse(chunks, headers=render.STREAM_HEADERS)
             answer = await until_disconnect(request.receive, serving.answer(prepared))
         except ClientGone:
             log.info("request %s: client went away before the answer", request_id)
+            metrics.count(endpoint, CLIENT_GONE)
             return Response(status_code=499)
         except QfserveError as error:
+            metrics.count(endpoint, error.code)
             return render.error_response(error, request_id)
         except Exception:
             log.exception("request %s failed", request_id)
+            metrics.count(endpoint, InternalError.code)
             return render.error_response(InternalError(), request_id)
+        metrics.count(endpoint, 0)
         return render.json_response(
             {
                 "id": request_id,
@@ -178,12 +185,20 @@ async def _sse(
     prepared: PreparedChat,
     first: StreamEvent,
     rest: AsyncIterator[StreamEvent],
+    metrics: Metrics,
+    endpoint: str,
 ) -> AsyncIterator[bytes]:
+    outcome = CLIENT_GONE  # unless the stream reaches its end
     try:
         yield render.sse(_event_body(request_id, kind, prepared, first))
         async for event in rest:
+            if event.error is not None:
+                outcome = event.error.code
+            elif event.is_end:
+                outcome = 0
             yield render.sse(_event_body(request_id, kind, prepared, event))
     finally:
+        metrics.count(endpoint, outcome)
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -28,6 +28,7 @@ from qfserve.errors import (
     RuleViolation,
     UnknownEndpoint,
 )
+from qfserve.metrics import Metrics, RequestClock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class PreparedChat:
 
     engine: Engine
     generation: GenerationRequest
+    clock: RequestClock
 
     @property
     def prompt_tokens(self) -> int:
@@ -70,10 +72,13 @@ class StreamEvent:
 
 
 class QianfanServing:
-    def __init__(self, settings: Settings, tokens: TokenIssuer, engines: EngineRegistry) -> None:
+    def __init__(
+        self, settings: Settings, tokens: TokenIssuer, engines: EngineRegistry, metrics: Metrics
+    ) -> None:
         self._settings = settings
         self._tokens = tokens
         self._engines = engines
+        self.metrics = metrics
         self._templates: dict[str, ChatTemplate] = {}
 
     @property
@@ -122,7 +127,8 @@ class QianfanServing:
                 f"the prompt and max_output_tokens ({sampling.max_tokens}) exceed the model's "
                 f"context of {context} tokens"
             )
-        return PreparedChat(engine, GenerationRequest(request_id, prompt, sampling))
+        generation = GenerationRequest(request_id, prompt, sampling)
+        return PreparedChat(engine, generation, self.metrics.clock(endpoint.name))
 
     def tokenize(self, endpoint_name: str, text: str) -> int:
         _, engine = self.endpoint(endpoint_name)
@@ -135,9 +141,11 @@ class QianfanServing:
         finish: FinishReason = "stop"
         async with _closing(chat.engine.generate(chat.generation)) as deltas:
             async for delta in deltas:
+                chat.clock.tokens(delta.token_count)
                 parts.append(delta.text)
                 tokens += delta.token_count
                 finish = delta.finish_reason or finish
+        chat.clock.finish(tokens)
         return Answer("".join(parts), chat.prompt_tokens, tokens, finish)
 
     def stream(self, chat: PreparedChat) -> AsyncIterator[StreamEvent]:
@@ -168,6 +176,7 @@ class _SegmentStream:
         )
         self._sentence_id = 0
         self._total = chat.prompt_tokens
+        self._generated = 0  # counted by the pump as deltas arrive
 
     def _event(self, segment: Segment, *, is_end: bool, truncated: bool = False) -> StreamEvent:
         self._total += segment.token_count
@@ -216,6 +225,7 @@ class _SegmentStream:
                     if len(last) > 1 and not last[-1].text and not last[-1].token_count:
                         last.pop()
                     truncated = item.finish_reason == "length"
+                    self._chat.clock.finish(self._generated)
                     for index, segment in enumerate(last):
                         is_end = index == len(last) - 1
                         yield self._event(segment, is_end=is_end, truncated=truncated)
@@ -237,6 +247,8 @@ class _SegmentStream:
         try:
             async with _closing(self._chat.engine.generate(self._chat.generation)) as deltas:
                 async for delta in deltas:
+                    self._chat.clock.tokens(delta.token_count)
+                    self._generated += delta.token_count
                     queue.put_nowait(delta)
             queue.put_nowait(None)  # the engine ended; in case its last delta had no reason
         except asyncio.CancelledError:

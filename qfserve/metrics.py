@@ -1,0 +1,118 @@
+"""Prometheus metrics: what the serving layer observes per request, and the engines' own
+gauges and totals, read from `Engine.stats()` at scrape time so the engine thread never waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from qfserve.engines.registry import EngineRegistry
+
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+class Metrics:
+    def __init__(self, engines: EngineRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "qfserve_requests",
+            "Chat requests answered, by endpoint and error code (0: success).",
+            ["endpoint", "error_code"],
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "qfserve_time_to_first_token_seconds",
+            "From the request's arrival to its first generated token.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_per_output_token = Histogram(
+            "qfserve_time_per_output_token_seconds",
+            "Mean gap between output tokens after the first, per request.",
+            ["endpoint"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "qfserve_request_duration_seconds",
+            "End-to-end latency of a generation, from arrival to its last token.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engines))
+        self._served = frozenset(engines.names())
+
+    def clock(self, endpoint: str) -> RequestClock:
+        return RequestClock(self, endpoint)
+
+    def count(self, endpoint: str, error_code: int) -> None:
+        # Endpoint names come from URLs: an unknown one must not mint a new series per request.
+        label = endpoint if endpoint in self._served else "unknown"
+        self.requests.labels(label, str(error_code)).inc()
+
+
+@dataclass(slots=True)
+class RequestClock:
+    """Times one generation: its first token, and its end."""
+
+    metrics: Metrics
+    endpoint: str
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    finished: bool = False
+
+    def tokens(self, count: int) -> None:
+        if count and self.first_token is None:
+            self.first_token = time.monotonic()
+            self.metrics.time_to_first_token.labels(self.endpoint).observe(
+                self.first_token - self.started
+            )
+
+    def finish(self, completion_tokens: int) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        now = time.monotonic()
+        self.metrics.request_latency.labels(self.endpoint).observe(now - self.started)
+        if self.first_token is not None and completion_tokens > 1:
+            gap = (now - self.first_token) / (completion_tokens - 1)
+            self.metrics.time_per_output_token.labels(self.endpoint).observe(gap)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engines: EngineRegistry) -> None:
+        self._engines = engines
+
+    def collect(self) -> Iterable[Metric]:
+        running = GaugeMetricFamily(
+            "qfserve_running_sequences", "Sequences being generated.", labels=["endpoint"]
+        )
+        waiting = GaugeMetricFamily(
+            "qfserve_queue_depth", "Requests waiting for a sequence.", labels=["endpoint"]
+        )
+        prompt = CounterMetricFamily(
+            "qfserve_prompt_tokens", "Prompt tokens of admitted requests.", labels=["endpoint"]
+        )
+        cached = CounterMetricFamily(
+            "qfserve_prompt_tokens_cached",
+            "Prompt tokens served from the prefix cache instead of being prefilled.",
+            labels=["endpoint"],
+        )
+        generated = CounterMetricFamily(
+            "qfserve_generation_tokens", "Tokens generated.", labels=["endpoint"]
+        )
+        for name, stats in self._engines.stats().items():
+            running.add_metric([name], stats.running)
+            waiting.add_metric([name], stats.waiting)
+            prompt.add_metric([name], stats.prompt_tokens)
+            cached.add_metric([name], stats.cached_prompt_tokens)
+            generated.add_metric([name], stats.generated_tokens)
+        return [running, waiting, prompt, cached, generated]
