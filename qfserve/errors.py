@@ -11,6 +11,15 @@
     │   ├── RuleViolation           336003 a rule of the API broken; the message says which
     │   ├── UnknownEndpoint         336005 no such `{endpoint}`
     │   └── MethodNotAllowed        336101 e.g. GET on the chat route
+    │   ├── NoPermission            6      the app may not use this endpoint
+    │   ├── SignatureInvalid        14     bad or expired bce-auth-v1 signature
+    │   ├── AppUnavailable          15     the app is deleted or disabled
+    │   └── QuotaExceeded                  an app's quota is spent (the SDK retries 18, 336501/2)
+    │       ├── DailyLimit          17
+    │       ├── QpsLimit            18
+    │       ├── TotalLimit          19
+    │       ├── RpmLimit            336501
+    │       └── TpmLimit            336502
     ├── OverloadedError             336100 the waiting queue is full or the wait timed out
     └── ServerError                 our side is at fault
         ├── EngineUnavailable       2      engine not loaded yet, shutting down, or dead
@@ -74,6 +83,42 @@ class UnknownEndpoint(ClientError):
 
 class MethodNotAllowed(ClientError):
     code, message, http_status = 336101, "Invalid HTTP Method", 405
+
+
+class NoPermission(ClientError):
+    code, message, http_status = 6, "No permission to access data", 403
+
+
+class SignatureInvalid(ClientError):
+    code, message, http_status = 14, "IAM Certification failed", 401
+
+
+class AppUnavailable(ClientError):
+    code, message, http_status = 15, "app not exists or create failed", 403
+
+
+class QuotaExceeded(ClientError):
+    http_status = 429
+
+
+class DailyLimit(QuotaExceeded):
+    code, message = 17, "Open api daily request limit reached"
+
+
+class QpsLimit(QuotaExceeded):
+    code, message = 18, "Open api qps request limit reached"
+
+
+class TotalLimit(QuotaExceeded):
+    code, message = 19, "Open api total request limit reached"
+
+
+class RpmLimit(QuotaExceeded):
+    code, message = 336501, "Rate limit reached for RPM"
+
+
+class TpmLimit(QuotaExceeded):
+    code, message = 336502, "Rate limit reached for TPM"
 
 
 class OverloadedError(QfserveError):
