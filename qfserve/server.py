@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import FrameType
 
 import anyio
@@ -15,7 +16,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from qfserve.access.apps import AppRegistry
+from qfserve.access.gate import AccessGate
 from qfserve.access.tokens import TokenIssuer
+from qfserve.access.usage import UsageLedger
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
 from qfserve.api.qianfan import render
@@ -30,10 +33,18 @@ from qfserve.store.database import Database
 log = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings) -> tuple[Database, AppRegistry, TokenIssuer]:
+@dataclass(frozen=True, slots=True)
+class Store:
+    database: Database
+    apps: AppRegistry
+    tokens: TokenIssuer
+
+
+def open_store(settings: Settings) -> Store:
+    """The store, its schema brought up to date first."""
     database = Database(settings.resolved_database_url)
     database.upgrade()
-    return database, AppRegistry(database), TokenIssuer(database, settings.token_ttl_seconds)
+    return Store(database, AppRegistry(database), TokenIssuer(database, settings.token_ttl_seconds))
 
 
 class Service:
@@ -66,25 +77,30 @@ class Service:
 
 
 def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Service:
-    database, apps, tokens = open_store(settings)
+    store = open_store(settings)
     registry = engines or EngineRegistry.from_settings(settings.endpoints, settings.engine)
+    ledger = UsageLedger(store.database)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ledger.start()
         await registry.start()
         service.attach(asyncio.get_running_loop())
         try:
             yield
         finally:
             await registry.close()
-            await anyio.to_thread.run_sync(database.close)
+            # After the engines: every finished call has queued its usage row by now.
+            await anyio.to_thread.run_sync(ledger.close)
+            await anyio.to_thread.run_sync(store.database.close)
 
     app = FastAPI(
         title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     metrics = Metrics(registry)
-    serving = QianfanServing(settings, tokens, registry, metrics)
-    app.include_router(qianfan_routes.build_router(serving, apps, tokens))
+    gate = AccessGate(store.tokens, ledger, metrics)
+    serving = QianfanServing(settings, registry, metrics)
+    app.include_router(qianfan_routes.build_router(serving, gate, store.apps, store.tokens))
     app.include_router(health.build_router(registry))
     app.include_router(metrics_route.build_router(metrics))
 

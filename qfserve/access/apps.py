@@ -1,16 +1,21 @@
-"""Apps: the API Key / Secret Key pairs that clients exchange for access tokens."""
+"""Apps: the API Key / Secret Key pairs that clients exchange for access tokens, and what each
+app may do (enabled, endpoints, quota overrides)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from qfserve.access.secrets import hash_secret, random_key, verify_secret
 from qfserve.errors import OAuthError
 from qfserve.store.database import Database
-from qfserve.store.schema import AppRow
+from qfserve.store.schema import AppRow, TokenRow
+
+QUOTA_FIELDS = ("qps", "rpm", "tpm", "daily", "total")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,12 @@ class App:
     api_key: str
     created_at: datetime
     disabled: bool
+    deleted: bool
+    quota: dict[str, int | None]
+    endpoints: frozenset[str] | None  # None: every endpoint
+
+    def may_use(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +41,24 @@ class NewApp:
     secret_key: str
 
 
-def _app(row: AppRow) -> App:
-    return App(row.id, row.name, row.api_key, row.created_at, row.disabled)
+def app_from_row(row: AppRow) -> App:
+    endpoints = (
+        frozenset(e for e in row.endpoints.split(",") if e) if row.endpoints is not None else None
+    )
+    return App(
+        app_id=row.id,
+        name=row.name,
+        api_key=row.api_key,
+        created_at=row.created_at,
+        disabled=row.disabled,
+        deleted=row.deleted_at is not None,
+        quota={name: getattr(row, name) for name in QUOTA_FIELDS},
+        endpoints=endpoints,
+    )
+
+
+class AppNotFound(LookupError):
+    pass
 
 
 class AppRegistry:
@@ -52,33 +79,81 @@ class AppRegistry:
         with self._db.session() as session:
             session.add(row)
             session.flush()
-            return NewApp(_app(row), secret_key)
+            return NewApp(app_from_row(row), secret_key)
 
-    def list(self) -> list[App]:
+    def all(self, *, include_deleted: bool = False) -> list[App]:
+        query = select(AppRow).order_by(AppRow.id)
+        if not include_deleted:
+            query = query.where(AppRow.deleted_at.is_(None))
         with self._db.session() as session:
-            return [_app(row) for row in session.scalars(select(AppRow).order_by(AppRow.id))]
+            return [app_from_row(row) for row in session.scalars(query)]
 
-    def get(self, app_id: int) -> App | None:
+    def get(self, app_id: int) -> App:
         with self._db.session() as session:
-            row = session.get(AppRow, app_id)
-            return _app(row) if row else None
+            return app_from_row(self._live_row(session, app_id))
 
-    def delete(self, app_id: int) -> bool:
+    def delete(self, app_id: int) -> None:
         with self._db.session() as session:
-            row = session.get(AppRow, app_id)
-            if row is None:
-                return False
-            session.delete(row)
-            return True
+            self._live_row(session, app_id).deleted_at = datetime.now(UTC)
+
+    def set_disabled(self, app_id: int, disabled: bool) -> None:
+        with self._db.session() as session:
+            self._live_row(session, app_id).disabled = disabled
+
+    def set_access(
+        self,
+        app_id: int,
+        quota: Mapping[str, int | None],
+        endpoints: list[str] | None,
+    ) -> App:
+        """Set the given quota overrides (a value of 0 or less clears one) and, if given, the
+        endpoints the app may use (an empty list: all)."""
+        with self._db.session() as session:
+            row = self._live_row(session, app_id)
+            for name, value in quota.items():
+                if name not in QUOTA_FIELDS:
+                    raise ValueError(f"unknown quota {name}")
+                setattr(row, name, value if value is not None and value > 0 else None)
+            if endpoints is not None:
+                row.endpoints = ",".join(sorted(set(endpoints))) if endpoints else None
+            session.flush()
+            return app_from_row(row)
+
+    def revoke_tokens(self, app_id: int) -> int:
+        """Revoke every access token of the app; returns how many were live."""
+        with self._db.session() as session:
+            self._live_row(session, app_id)
+            result = session.execute(
+                update(TokenRow)
+                .where(TokenRow.app_id == app_id, TokenRow.revoked.is_(False))
+                .values(revoked=True)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def rotate_secret(self, app_id: int) -> str:
+        """A new Secret Key (returned once); the old one stops working at once."""
+        secret_key = random_key(32)
+        with self._db.session() as session:
+            self._live_row(session, app_id).secret_hash = hash_secret(secret_key)
+        return secret_key
 
     def authenticate(self, api_key: str, secret_key: str) -> App:
         """The app whose keys these are, or the OAuth error the token route answers with."""
         with self._db.session() as session:
             row = session.scalar(select(AppRow).where(AppRow.api_key == api_key))
-            app = _app(row) if row else None
+            app = app_from_row(row) if row else None
             stored = row.secret_hash if row else None
-        if app is None or stored is None:
+        if app is None or stored is None or app.deleted:
             raise OAuthError(401, "invalid_client", "unknown client id")
         if not verify_secret(secret_key, stored):
             raise OAuthError(401, "invalid_client", "Client authentication failed")
+        if app.disabled:
+            raise OAuthError(401, "invalid_client", "app is disabled")
         return app
+
+    @staticmethod
+    def _live_row(session: Session, app_id: int) -> AppRow:
+        row = session.get(AppRow, app_id)
+        if row is None or row.deleted_at is not None:
+            raise AppNotFound(f"no app {app_id}")
+        return row

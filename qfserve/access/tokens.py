@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import token_digest
-from qfserve.errors import ExpiredToken, InvalidToken, MissingToken
+from qfserve.errors import AppUnavailable, ExpiredToken, InvalidToken, MissingToken
 from qfserve.store.database import Database
 from qfserve.store.schema import AppRow, TokenRow
 
@@ -62,17 +63,20 @@ class TokenIssuer:
             session_secret=secrets.token_hex(16),
         )
 
-    def verify(self, token: str | None) -> int:
-        """The app id the token belongs to; raises 100, 110 or 111 otherwise."""
+    def verify(self, token: str | None) -> App:
+        """The app the token belongs to; raises 100, 110, 111 or 15 otherwise."""
         if not token or not _TOKEN_SHAPE.match(token):
             raise MissingToken()
         with self._db.session() as session:
             row = session.get(TokenRow, token_digest(token))
             if row is None or row.revoked:
                 raise InvalidToken()
-            app = session.get(AppRow, row.app_id)
-            if app is None:
+            app_row = session.get(AppRow, row.app_id)
+            if app_row is None:
                 raise InvalidToken()
             if row.expires_at <= time.time():
                 raise ExpiredToken()
-            return row.app_id
+            app = app_from_row(app_row)
+        if app.deleted or app.disabled:
+            raise AppUnavailable()
+        return app

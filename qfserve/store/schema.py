@@ -1,4 +1,4 @@
-"""The tables of the app and token store. Changes go through an alembic revision in migrations/."""
+"""The tables of the store. Every change goes through an alembic revision in migrations/."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ class AppRow(Base):
     secret_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Deleted apps are kept (soft delete): their usage stays attributable, their tokens get 15.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Per-app quota overrides; NULL means the settings' default.
+    qps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Comma-separated endpoint names the app may call; NULL means all.
+    endpoints: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
 
 class TokenRow(Base):
@@ -35,3 +45,37 @@ class TokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[int] = mapped_column(BigInteger)  # unix seconds
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class IamKeyRow(Base):
+    """An IAM Access Key. Its Secret Key is derived from the server's master key and `nonce`
+    (HMAC), never stored: a copy of the database alone cannot sign requests."""
+
+    __tablename__ = "iam_keys"
+
+    access_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("apps.id", ondelete="CASCADE"), index=True
+    )
+    nonce: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageRow(Base):
+    """The usage ledger: one row per chat request that reached an app (never its text)."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    request_id: Mapped[str] = mapped_column(String(16))
+    app_id: Mapped[int] = mapped_column(Integer, index=True)
+    endpoint: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[int] = mapped_column(Integer)
+    safety_category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

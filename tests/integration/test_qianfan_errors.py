@@ -94,15 +94,6 @@ def test_unknown_token_is_110(server: Server) -> None:
     assert_error(post(server.chat_url(forged), json={"messages": QUESTION}), 110)
 
 
-def test_deleted_app_tokens_are_110(server: Server) -> None:
-    app = server.create_app("short-lived")
-    token = server.token(app)
-    from tests.servers import qfserve
-
-    qfserve("app", "delete", str(app["app_id"]), env=server.env)
-    assert_error(post(server.chat_url(token), json={"messages": QUESTION}), 110)
-
-
 def test_expired_token_is_111(server: Server, app: dict[str, str]) -> None:
     token = server.token(app)
     digest = hashlib.sha256(token.encode()).hexdigest()

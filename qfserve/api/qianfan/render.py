@@ -34,9 +34,11 @@ def error_body(error: QfserveError, request_id: str) -> dict[str, Any]:
     return {"error_code": error.code, "error_msg": error.message, "id": request_id}
 
 
-def error_response(error: QfserveError, request_id: str) -> Response:
+def error_response(
+    error: QfserveError, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
     # HTTP 200 on purpose: on any other status the SDK loses its retry and token-refresh handling.
-    return json_response(error_body(error, request_id))
+    return json_response(error_body(error, request_id), headers=headers)
 
 
 def oauth_error_response(error: OAuthError) -> Response:

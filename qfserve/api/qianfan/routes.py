@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from qfserve.access.apps import AppRegistry
+from qfserve.access.gate import CLIENT_GONE, AccessGate, Call
 from qfserve.access.tokens import TokenIssuer
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
@@ -29,17 +30,16 @@ from qfserve.errors import (
     OAuthError,
     QfserveError,
 )
-from qfserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
-# The error code under which /metrics counts requests whose client left before the end (nginx's).
-CLIENT_GONE = 499
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer) -> APIRouter:
+def build_router(
+    serving: QianfanServing, gate: AccessGate, apps: AppRegistry, tokens: TokenIssuer
+) -> APIRouter:
     router = APIRouter()
 
     @router.api_route("/oauth/2.0/token", methods=["GET", "POST"])
@@ -90,7 +90,7 @@ def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer
     async def tokenizer(request: Request) -> Response:
         request_id = render.new_request_id()
         try:
-            await serving.authenticate(request.query_params.get("access_token"))
+            await gate.verify(request.query_params.get("access_token"))
             body = await _parse(request, TokenizerBody)
             count = serving.tokenize(body.model or serving.default_endpoint, body.prompt)
         except QfserveError as error:
@@ -106,31 +106,39 @@ def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer
 
     async def _chat_flow(request: Request, endpoint: str, parse: Any, kind: str) -> Response:
         request_id = render.new_request_id()
-        metrics = serving.metrics
+        call = gate.open_call(request_id, endpoint)
         try:
-            # Authentication and validation come before the first byte of any answer.
-            await serving.authenticate(request.query_params.get("access_token"))
+            # Who is calling, what may they do, is the request sound, may it run now: all of it
+            # before the first byte of any answer.
+            app = await gate.authenticate(call, request.query_params.get("access_token"))
+            serving.endpoint(endpoint)
+            gate.permit(app, endpoint)
             body, messages = await parse()
+            call.user_id = body.user_id
             system = body.system if isinstance(body, ChatBody) else None
             prepared = serving.prepare(request_id, endpoint, messages, system, _sampling(body))
+            call.prompt_tokens = prepared.prompt_tokens
+            await gate.admit(call, prepared.prompt_tokens + prepared.generation.sampling.max_tokens)
             if body.stream:
                 events = serving.stream(prepared)
                 first = await until_disconnect(request.receive, anext(events))
-                chunks = _sse(request_id, kind, prepared, first, events, metrics, endpoint)
-                return EventStreamResponse(chunks, headers=render.STREAM_HEADERS)
+                return EventStreamResponse(
+                    _sse(request_id, kind, prepared, first, events, call),
+                    headers={**render.STREAM_HEADERS, **call.headers()},
+                )
             answer = await until_disconnect(request.receive, serving.answer(prepared))
         except ClientGone:
             log.info("request %s: client went away before the answer", request_id)
-            metrics.count(endpoint, CLIENT_GONE)
-            return Response(status_code=499)
+            await call.finish(CLIENT_GONE)
+            return Response(status_code=CLIENT_GONE)
         except QfserveError as error:
-            metrics.count(endpoint, error.code)
-            return render.error_response(error, request_id)
+            await call.finish(error.code)
+            return render.error_response(error, request_id, headers=call.headers())
         except Exception:
             log.exception("request %s failed", request_id)
-            metrics.count(endpoint, InternalError.code)
+            await call.finish(InternalError.code)
             return render.error_response(InternalError(), request_id)
-        metrics.count(endpoint, 0)
+        await call.finish(0, answer.completion_tokens)
         return render.json_response(
             {
                 "id": request_id,
@@ -145,7 +153,7 @@ def build_router(serving: QianfanServing, apps: AppRegistry, tokens: TokenIssuer
                     answer.prompt_tokens + answer.completion_tokens,
                 ),
             },
-            headers=render.STATEMENT,
+            headers={**render.STATEMENT, **call.headers()},
         )
 
     return router
@@ -185,23 +193,24 @@ async def _sse(
     prepared: PreparedChat,
     first: StreamEvent,
     rest: AsyncIterator[StreamEvent],
-    metrics: Metrics,
-    endpoint: str,
+    call: Call,
 ) -> AsyncIterator[bytes]:
-    outcome = CLIENT_GONE  # unless the stream reaches its end
+    outcome, generated = CLIENT_GONE, 0  # unless the stream reaches its end
     try:
-        yield render.sse(_event_body(request_id, kind, prepared, first))
-        async for event in rest:
+        event: StreamEvent | None = first
+        while event is not None:
+            generated += event.completion_tokens
             if event.error is not None:
                 outcome = event.error.code
             elif event.is_end:
                 outcome = 0
             yield render.sse(_event_body(request_id, kind, prepared, event))
+            event = await anext(rest, None)
     finally:
-        metrics.count(endpoint, outcome)
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()
+        await call.finish(outcome, generated)
 
 
 def _event_body(

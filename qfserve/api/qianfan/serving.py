@@ -11,9 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import anyio
-
-from qfserve.access.tokens import TokenIssuer
 from qfserve.chat.conversation import Message, check_messages, drop_oldest_round, forget_to_fit
 from qfserve.chat.params import RequestedSampling, resolve_sampling
 from qfserve.chat.segmenter import Segment, Segmenter
@@ -72,21 +69,15 @@ class StreamEvent:
 
 
 class QianfanServing:
-    def __init__(
-        self, settings: Settings, tokens: TokenIssuer, engines: EngineRegistry, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, engines: EngineRegistry, metrics: Metrics) -> None:
         self._settings = settings
-        self._tokens = tokens
         self._engines = engines
-        self.metrics = metrics
+        self._metrics = metrics
         self._templates: dict[str, ChatTemplate] = {}
 
     @property
     def default_endpoint(self) -> str:
         return self._settings.endpoints[0].name
-
-    async def authenticate(self, access_token: str | None) -> int:
-        return await anyio.to_thread.run_sync(self._tokens.verify, access_token)
 
     def endpoint(self, name: str) -> tuple[EndpointSettings, Engine]:
         settings = self._settings.endpoint(name)
@@ -128,7 +119,7 @@ class QianfanServing:
                 f"context of {context} tokens"
             )
         generation = GenerationRequest(request_id, prompt, sampling)
-        return PreparedChat(engine, generation, self.metrics.clock(endpoint.name))
+        return PreparedChat(engine, generation, self._metrics.clock(endpoint.name))
 
     def tokenize(self, endpoint_name: str, text: str) -> int:
         _, engine = self.endpoint(endpoint_name)

@@ -1,0 +1,154 @@
+"""The usage ledger: one row per chat request, written off the request path.
+
+`record` only puts the row on a bounded queue; one writer thread inserts rows in batches. `close`
+drains the queue before it returns, so a clean shutdown loses no row. If the database stays
+unreachable the queue fills; past its bound new rows are dropped and counted, loudly, rather than
+letting memory grow without end.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from qfserve.store.database import Database
+from qfserve.store.schema import UsageRow
+
+log = logging.getLogger(__name__)
+
+GroupBy = Literal["day", "endpoint", "user", "app"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    app_id: int
+    endpoint: str
+    user_id: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    error_code: int
+    safety_category: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    group: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class UsageLedger:
+    def __init__(
+        self, database: Database, *, max_pending: int = 100_000, batch_size: int = 500
+    ) -> None:
+        self._db = database
+        self._pending: queue.Queue[UsageRecord | None] = queue.Queue(maxsize=max_pending)
+        self._batch_size = batch_size
+        self._dropped = 0
+        self._writer: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def start(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name="usage-ledger", daemon=True)
+        self._writer.start()
+
+    def record(self, row: UsageRecord) -> None:
+        """Never blocks: the request path only enqueues."""
+        if row.created_at is None:
+            row = UsageRecord(**{**asdict(row), "created_at": datetime.now(UTC)})
+        try:
+            self._pending.put_nowait(row)
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.error("usage ledger is full: %d rows dropped so far", self._dropped)
+
+    def close(self) -> None:
+        """Write every queued row, then stop the writer."""
+        if self._writer is None:
+            return
+        self._pending.put(None)
+        self._writer.join()
+        self._writer = None
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            batch = [first] if first is not None else []
+            stop = first is None
+            while not stop and len(batch) < self._batch_size:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._insert(batch)
+            if stop:
+                return
+
+    def _insert(self, batch: list[UsageRecord]) -> None:
+        rows = [asdict(record) for record in batch]
+        for attempt in range(3):
+            try:
+                with self._db.session() as session:
+                    session.execute(insert(UsageRow), rows)
+                return
+            except SQLAlchemyError:
+                log.warning("usage ledger: insert failed (attempt %d)", attempt + 1, exc_info=True)
+                threading.Event().wait(0.5 * (attempt + 1))
+        self._dropped += len(rows)
+        log.error("usage ledger: %d rows lost after retries", len(rows))
+
+    def summarize(
+        self, *, app_id: int | None = None, since: datetime | None = None, by: GroupBy = "day"
+    ) -> list[UsageSummary]:
+        """Requests and tokens per group, oldest or smallest group first."""
+        created = UsageRow.created_at
+        groups: dict[str, ColumnElement[Any]] = {
+            "day": func.date(created) if self._db.is_sqlite else func.date_trunc("day", created),
+            "endpoint": UsageRow.endpoint.expression,
+            "user": func.coalesce(UsageRow.user_id, ""),
+            "app": UsageRow.app_id.expression,
+        }
+        group = groups[by]
+        query = select(
+            group.label("group"),
+            func.count().label("requests"),
+            func.coalesce(func.sum(UsageRow.prompt_tokens), 0),
+            func.coalesce(func.sum(UsageRow.completion_tokens), 0),
+        ).group_by(group)
+        if app_id is not None:
+            query = query.where(UsageRow.app_id == app_id)
+        if since is not None:
+            query = query.where(created >= since)
+        with self._db.session() as session:
+            rows = session.execute(query.order_by(group)).all()
+        return [UsageSummary(_label(row[0]), int(row[1]), int(row[2]), int(row[3])) for row in rows]
+
+
+def _label(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    return str(value)

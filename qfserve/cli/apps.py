@@ -1,0 +1,181 @@
+"""`qfserve app ...`: apps, their keys, their access and quotas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from qfserve.access.apps import App, AppNotFound, AppRegistry
+from qfserve.cli.common import ConfigOption, JsonOption, console, fail, settings_from
+
+apps_cli = typer.Typer(
+    no_args_is_help=True, help="Apps: the API Key / Secret Key pairs clients use."
+)
+AppId = Annotated[int, typer.Argument(help="The app id.")]
+
+
+def _registry(config: Path | None) -> AppRegistry:
+    from qfserve.server import open_store
+
+    return open_store(settings_from(config)).apps
+
+
+def _describe(app: App) -> dict[str, object]:
+    return {
+        "app_id": app.app_id,
+        "name": app.name,
+        "api_key": app.api_key,
+        "created_at": app.created_at.isoformat(),
+        "disabled": app.disabled,
+        "endpoints": sorted(app.endpoints) if app.endpoints is not None else None,
+        **app.quota,
+    }
+
+
+@apps_cli.command("create")
+def create(
+    name: Annotated[str, typer.Option(help="A name for the app.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an app and print its keys. The Secret Key is shown this once only."""
+    created = _registry(config).create(name)
+    if as_json:
+        keys = {"api_key": created.app.api_key, "secret_key": created.secret_key}
+        typer.echo(json.dumps({"app_id": created.app.app_id, "name": name, **keys}))
+        return
+    console.print(f"app id:     {created.app.app_id}")
+    console.print(f"API Key:    {created.app.api_key}")
+    console.print(f"Secret Key: {created.secret_key}")
+    console.print("[yellow]The Secret Key is not stored: keep it now.[/yellow]")
+
+
+@apps_cli.command("list")
+def list_apps(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List the apps (deleted ones are not shown)."""
+    apps = _registry(config).all()
+    if as_json:
+        typer.echo(json.dumps([_describe(a) for a in apps]))
+        return
+    table = Table("app id", "name", "API Key", "state", "endpoints", "qps/rpm/tpm/daily/total")
+    for a in apps:
+        limits = "/".join(str(a.quota[k] or "-") for k in ("qps", "rpm", "tpm", "daily", "total"))
+        table.add_row(
+            str(a.app_id),
+            a.name,
+            a.api_key,
+            "disabled" if a.disabled else "enabled",
+            ",".join(sorted(a.endpoints)) if a.endpoints is not None else "all",
+            limits,
+        )
+    console.print(table)
+
+
+def _on_app(app_id: int, action: str) -> None:
+    console.print(f"app {app_id}: {action}")
+
+
+@apps_cli.command("delete")
+def delete(app_id: AppId, config: ConfigOption = None) -> None:
+    """Delete an app: its keys and tokens stop working at once (error 15); usage is kept."""
+    try:
+        _registry(config).delete(app_id)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    _on_app(app_id, "deleted")
+
+
+@apps_cli.command("disable")
+def disable(app_id: AppId, config: ConfigOption = None) -> None:
+    """Refuse the app's requests (error 15) until it is enabled again."""
+    try:
+        _registry(config).set_disabled(app_id, True)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    _on_app(app_id, "disabled")
+
+
+@apps_cli.command("enable")
+def enable(app_id: AppId, config: ConfigOption = None) -> None:
+    """Accept the app's requests again."""
+    try:
+        _registry(config).set_disabled(app_id, False)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    _on_app(app_id, "enabled")
+
+
+Limit = Annotated[int | None, typer.Option(help="0 clears the override (the default applies).")]
+
+
+@apps_cli.command("quota")
+def quota(
+    app_id: AppId,
+    qps: Limit = None,
+    rpm: Limit = None,
+    tpm: Limit = None,
+    daily: Limit = None,
+    total: Limit = None,
+    endpoints: Annotated[
+        str | None, typer.Option(help="Comma-separated endpoints the app may use; '' for all.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Set the app's quotas and allowed endpoints; options not given stay as they are."""
+    given = {
+        name: value
+        for name, value in {
+            "qps": qps,
+            "rpm": rpm,
+            "tpm": tpm,
+            "daily": daily,
+            "total": total,
+        }.items()
+        if value is not None
+    }
+    allowed = (
+        [e.strip() for e in endpoints.split(",") if e.strip()] if endpoints is not None else None
+    )
+    try:
+        app = _registry(config).set_access(app_id, given, allowed)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(json.dumps(_describe(app)))
+
+
+@apps_cli.command("revoke-tokens")
+def revoke_tokens(app_id: AppId, config: ConfigOption = None) -> None:
+    """Revoke every access token of the app (its clients get 110 and fetch new ones)."""
+    try:
+        count = _registry(config).revoke_tokens(app_id)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    _on_app(app_id, f"{count} tokens revoked")
+
+
+@apps_cli.command("rotate-secret")
+def rotate_secret(
+    app_id: AppId,
+    keep_tokens: Annotated[
+        bool, typer.Option(help="Keep the tokens issued with the old key valid.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Give the app a new Secret Key (shown once). The old key, and by default the tokens issued
+    with it, stop working at once."""
+    registry = _registry(config)
+    try:
+        secret_key = registry.rotate_secret(app_id)
+        revoked = 0 if keep_tokens else registry.revoke_tokens(app_id)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps({"app_id": app_id, "secret_key": secret_key, "revoked": revoked}))
+        return
+    console.print(f"Secret Key: {secret_key}")
+    console.print(f"[yellow]Shown once. {revoked} tokens revoked.[/yellow]")
