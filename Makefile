@@ -24,6 +24,7 @@ serve: $(STAMP)
 	$(BIN)/qfserve serve $(ARGS)
 
 test: $(STAMP)
+	bash scripts/services.sh
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-quick: $(STAMP)

@@ -5,14 +5,32 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 import requests
 
-from tests.servers import Server, qfserve
+from tests.pg_server import running_postgres
+from tests.servers import Server, qfserve, running_server
 
 pytestmark = pytest.mark.model
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A server per store: the same tests against SQLite and a real PostgreSQL."""
+    with ExitStack() as stack:
+        env = {}
+        if request.param == "postgres":
+            env["QFSERVE_DATABASE_URL"] = stack.enter_context(running_postgres())
+        yield stack.enter_context(running_server(tmp_path_factory.mktemp("access"), **env))
+
 
 HI = {"messages": [{"role": "user", "content": "Hi"}], "max_output_tokens": 3}
 

@@ -7,7 +7,7 @@ import pytest
 
 from qfserve.access.apps import AppRegistry
 from qfserve.access.tokens import TokenIssuer
-from qfserve.errors import ExpiredToken, InvalidToken, MissingToken, OAuthError
+from qfserve.errors import AppUnavailable, ExpiredToken, InvalidToken, MissingToken, OAuthError
 from qfserve.store.database import Database
 
 
@@ -23,6 +23,9 @@ def test_many_tokens_per_app_are_valid(store: tuple[AppRegistry, TokenIssuer]) -
     created = apps.create("a")
     first, second = tokens.issue(created.app.app_id), tokens.issue(created.app.app_id)
     assert tokens.verify(first.access_token) == tokens.verify(second.access_token)
+    assert apps.revoke_tokens(created.app.app_id) == 2
+    with pytest.raises(InvalidToken):
+        tokens.verify(first.access_token)
 
 
 def test_token_shape(store: tuple[AppRegistry, TokenIssuer]) -> None:
@@ -44,9 +47,14 @@ def test_verification_errors(store: tuple[AppRegistry, TokenIssuer]) -> None:
         tokens.verify("24." + "a" * 32 + ".3600.1.1-1")
     created = apps.create("b")
     issued = tokens.issue(created.app.app_id)
-    apps.delete(created.app.app_id)
-    with pytest.raises(InvalidToken):
+    apps.set_disabled(created.app.app_id, True)
+    with pytest.raises(AppUnavailable):
         tokens.verify(issued.access_token)
+    apps.delete(created.app.app_id)
+    with pytest.raises(AppUnavailable):
+        tokens.verify(issued.access_token)
+    with pytest.raises(OAuthError, match="unknown client id"):
+        apps.authenticate(created.app.api_key, created.secret_key)
 
 
 def test_expired(tmp_path: Path) -> None:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the servers the tests run privately (each test session starts its own PostgreSQL cluster
+# and Redis on loopback ports, in temporary folders): Debian's postgresql and redis-server.
+# Idempotent and quiet when everything is there already; needs root (or sudo) only to install.
+set -euo pipefail
+
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+((${#missing[@]})) || exit 0
+
+echo "installing ${missing[*]} (Debian packages) for the tests"
+sudo=""
+[[ $(id -u) -eq 0 ]] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
