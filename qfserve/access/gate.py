@@ -14,7 +14,9 @@ from typing import Protocol
 
 import anyio
 
+from qfserve.access import signature
 from qfserve.access.apps import App
+from qfserve.access.iam_keys import IamKeys
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger, UsageRecord
 from qfserve.errors import NoPermission
@@ -23,6 +25,18 @@ from qfserve.metrics import Metrics
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection first
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request presents: an access token, or a signed request (spec section 5)."""
+
+    access_token: str | None
+    authorization: str | None = None
+    method: str = "POST"
+    path: str = ""
+    query: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class QuotaTicket(Protocol):
@@ -64,11 +78,13 @@ class AccessGate:
     def __init__(
         self,
         tokens: TokenIssuer,
+        iam_keys: IamKeys,
         ledger: UsageLedger,
         metrics: Metrics,
         quotas: Quotas | None = None,
     ) -> None:
         self._tokens = tokens
+        self._iam_keys = iam_keys
         self._ledger = ledger
         self._metrics = metrics
         self._quotas = quotas
@@ -76,11 +92,25 @@ class AccessGate:
     def open_call(self, request_id: str, endpoint: str) -> Call:
         return Call(request_id, endpoint, self)
 
-    async def verify(self, access_token: str | None) -> App:
-        return await anyio.to_thread.run_sync(self._tokens.verify, access_token)
+    async def verify(self, credentials: Credentials) -> App:
+        """The calling app, by its access token or else its signature (100, 110, 111, 14, 15)."""
+        authorization = credentials.authorization or ""
+        if credentials.access_token or not authorization.startswith(signature.PREFIX):
+            return await anyio.to_thread.run_sync(self._tokens.verify, credentials.access_token)
+        signed = signature.parse_authorization(authorization)
+        app, secret = await anyio.to_thread.run_sync(self._iam_keys.resolve, signed.access_key)
+        signature.verify(
+            secret,
+            signed,
+            credentials.method,
+            credentials.path,
+            credentials.query,
+            dict(credentials.headers),
+        )
+        return app
 
-    async def authenticate(self, call: Call, access_token: str | None) -> App:
-        call.app = await anyio.to_thread.run_sync(self._tokens.verify, access_token)
+    async def authenticate(self, call: Call, credentials: Credentials) -> App:
+        call.app = await self.verify(credentials)
         return call.app
 
     def permit(self, app: App, endpoint: str) -> None:

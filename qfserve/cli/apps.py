@@ -179,3 +179,27 @@ def rotate_secret(
         return
     console.print(f"Secret Key: {secret_key}")
     console.print(f"[yellow]Shown once. {revoked} tokens revoked.[/yellow]")
+
+
+@apps_cli.command("iam-key")
+def iam_key(
+    app_id: AppId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an IAM Access Key / Secret Key pair for the app's bce-auth-v1 signed requests (the
+    SDK's QIANFAN_ACCESS_KEY / QIANFAN_SECRET_KEY). The Secret Key is shown this once."""
+    from qfserve.server import open_store
+
+    store = open_store(settings_from(config))
+    try:
+        store.apps.get(app_id)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    key = store.iam_keys.create(app_id)
+    if as_json:
+        keys = {"access_key": key.access_key, "secret_key": key.secret_key}
+        typer.echo(json.dumps({"app_id": app_id, **keys}))
+        return
+    console.print(f"Access Key: {key.access_key}")
+    console.print(f"Secret Key: {key.secret_key}")

@@ -146,3 +146,47 @@ def test_requests_as_on_the_page(server: Server, app: dict[str, str]) -> None:
         "POST", chat_url, headers={"Content-Type": "application/json"}, data=payload, timeout=60
     )
     assert reply.json()["result"].strip()
+
+
+def test_iam_signature_mode(
+    server: Server, app: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QIANFAN_ACCESS_KEY/QIANFAN_SECRET_KEY: every request signed with bce-auth-v1, after the SDK
+    has listed the served models on the console base URL."""
+    import json
+
+    import qianfan
+    import qianfan.config
+
+    from tests.servers import qfserve
+
+    keys = json.loads(
+        qfserve("app", "iam-key", str(app["app_id"]), "--json", env=server.env).stdout
+    )
+    monkeypatch.setenv("QIANFAN_BASE_URL", server.url)
+    monkeypatch.setenv("QIANFAN_CONSOLE_API_BASE_URL", server.url)
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", keys["access_key"])
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", keys["secret_key"])
+    monkeypatch.setenv("QIANFAN_LLM_API_RETRY_COUNT", "1")
+    monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)
+    try:
+        services = qianfan.resources.console.service.Service.list()
+        names = [s["name"] for s in services["result"]["common"]]
+        assert "Llama-2-7b-chat" in names
+        chat = qianfan.ChatCompletion(model="Llama-2-7b-chat")
+        assert chat.do(messages=[{"role": "user", "content": "Hi"}], max_output_tokens=8)["result"]
+        parts = list(
+            chat.do(messages=[{"role": "user", "content": "Hi"}], stream=True, max_output_tokens=8)
+        )
+        assert parts[-1]["is_end"] is True
+        monkeypatch.setenv("QIANFAN_SECRET_KEY", "0" * 32)
+        monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)
+        from qianfan.errors import APIError
+
+        with pytest.raises(APIError) as raised:
+            qianfan.ChatCompletion(endpoint="llama_2_7b").do(
+                messages=[{"role": "user", "content": "Hi"}], max_output_tokens=8
+            )
+        assert raised.value.error_code == 14
+    finally:
+        monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)

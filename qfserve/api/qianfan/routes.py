@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from qfserve.access.apps import AppRegistry
-from qfserve.access.gate import CLIENT_GONE, AccessGate, Call
+from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.access.tokens import TokenIssuer
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
@@ -90,7 +90,7 @@ def build_router(
     async def tokenizer(request: Request) -> Response:
         request_id = render.new_request_id()
         try:
-            await gate.verify(request.query_params.get("access_token"))
+            await gate.verify(credentials(request))
             body = await _parse(request, TokenizerBody)
             count = serving.tokenize(body.model or serving.default_endpoint, body.prompt)
         except QfserveError as error:
@@ -110,7 +110,7 @@ def build_router(
         try:
             # Who is calling, what may they do, is the request sound, may it run now: all of it
             # before the first byte of any answer.
-            app = await gate.authenticate(call, request.query_params.get("access_token"))
+            app = await gate.authenticate(call, credentials(request))
             serving.endpoint(endpoint)
             gate.permit(app, endpoint)
             body, messages = await parse()
@@ -157,6 +157,17 @@ def build_router(
         )
 
     return router
+
+
+def credentials(request: Request) -> Credentials:
+    return Credentials(
+        access_token=request.query_params.get("access_token"),
+        authorization=request.headers.get("authorization"),
+        method=request.method,
+        path=request.url.path,
+        query=tuple(request.query_params.multi_items()),
+        headers=tuple(request.headers.items()),
+    )
 
 
 def _sampling(body: SamplingFields) -> RequestedSampling:

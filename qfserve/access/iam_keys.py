@@ -1,0 +1,86 @@
+"""IAM Access Keys for the `bce-auth-v1` signature.
+
+An HMAC signature can only be checked with the Secret Key itself, so it cannot be kept as a slow
+hash the way app Secret Keys are. Nor is it stored: it is derived, `HMAC(master key, AK:nonce)`,
+from a master key that lives outside the database (a file in the data directory, or a setting
+shared by every gateway process). A copy of the database alone signs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from qfserve.access.apps import App, app_from_row
+from qfserve.access.secrets import random_key
+from qfserve.errors import AppUnavailable, SignatureInvalid
+from qfserve.store.database import Database
+from qfserve.store.schema import AppRow, IamKeyRow
+
+log = logging.getLogger(__name__)
+
+
+def load_master_key(explicit: str, key_file: Path) -> bytes:
+    """The master key: the setting if given, else the file, created (mode 600) on first use."""
+    if explicit:
+        return explicit.encode()
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        log.info("created a new master key in %s", key_file)
+    return key_file.read_text().strip().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class IamKey:
+    access_key: str
+    secret_key: str
+    app_id: int
+
+
+class IamKeys:
+    """Blocking database calls: the server runs them in a worker thread."""
+
+    def __init__(self, database: Database, master_key: bytes) -> None:
+        self._db = database
+        self._master = master_key
+
+    def _derive(self, access_key: str, nonce: str) -> str:
+        message = f"{access_key}:{nonce}".encode()
+        return hmac.new(self._master, message, hashlib.sha256).hexdigest()[:32]
+
+    def create(self, app_id: int) -> IamKey:
+        access_key, nonce = random_key(32), secrets.token_hex(16)
+        with self._db.session() as session:
+            session.add(
+                IamKeyRow(
+                    access_key=access_key, app_id=app_id, nonce=nonce, created_at=datetime.now(UTC)
+                )
+            )
+        return IamKey(access_key, self._derive(access_key, nonce), app_id)
+
+    def resolve(self, access_key: str) -> tuple[App, str]:
+        """The app and the Secret Key behind an Access Key; raises 14 or 15."""
+        with self._db.session() as session:
+            found = session.execute(
+                select(IamKeyRow, AppRow)
+                .join(AppRow, AppRow.id == IamKeyRow.app_id)
+                .where(IamKeyRow.access_key == access_key)
+            ).first()
+            if found is None:
+                raise SignatureInvalid()
+            key, app = found[0], app_from_row(found[1])
+            secret = self._derive(key.access_key, key.nonce)
+        if app.deleted or app.disabled:
+            raise AppUnavailable()
+        return app, secret
