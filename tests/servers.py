@@ -42,6 +42,7 @@ class Server:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     apps: list[dict[str, str]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # every token fetched, for the log checks
 
     @property
     def url(self) -> str:
@@ -70,7 +71,9 @@ class Server:
             timeout=30,
         )
         reply.raise_for_status()
-        return str(reply.json()["access_token"])
+        token = str(reply.json()["access_token"])
+        self.tokens.append(token)
+        return token
 
     def start(self, *extra: str) -> None:
         log = self.log_path.open("ab")

@@ -72,11 +72,18 @@ class EngineRegistry:
     async def start(self) -> None:
         for name, engine in self._engines.items():
             await engine.start()
-            log.info(
-                "endpoint %s is served by %s (%s)",
+            info = engine.info
+            bundled = Path(info.model_path).name == BUNDLED_FILE
+            log.warning(
+                "endpoint %s is served by %s: %s (%s)%s",
                 name,
-                engine.info.model_path,
-                engine.info.model_name or "unnamed model",
+                Path(info.model_path).name,
+                info.model_name or "unnamed model",
+                info.model_path,
+                " -- the small bundled default model, not Llama-2-7b-chat; set the endpoint's"
+                " `model` (or --model) to serve other weights"
+                if bundled
+                else "",
             )
 
     async def drain(self, grace_seconds: float) -> None:

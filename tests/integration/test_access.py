@@ -119,3 +119,22 @@ def test_usage_ledger_sums_equal_what_clients_were_told(server: Server) -> None:
     assert sum(r["requests"] for r in by_day) == 5
     table = cli(server, "usage", "--app", str(app["app_id"]), "--by", "endpoint")
     assert "llama_2_7b" in table
+
+
+def test_no_secret_or_token_reaches_the_log_or_the_database(server: Server) -> None:
+    """Runs last in this module: every key and token the tests above used, grepped for."""
+    app = server.create_app("grepped")
+    token = server.token(app)
+    chat(server, token)
+    chat(server, token, temperature=9)
+    chat(server, token + "x")
+    requests.post(server.chat_url(token), data=b"not json", timeout=10)
+    secrets = [a["secret_key"] for a in server.apps] + server.tokens
+    assert len(secrets) >= 2
+    log = server.log()
+    leaked = [s for s in secrets if s in log]
+    assert not leaked, "secrets in the server log"
+    database = server.data_dir / "qfserve.db"
+    if database.exists():
+        raw = database.read_bytes()
+        assert not [s for s in secrets if s.encode() in raw], "secrets stored in clear"
