@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -84,6 +84,22 @@ class StreamSettings(BaseModel):
     max_segment_seconds: float = 1.0
 
 
+class QuotaSettings(BaseModel):
+    """Every app's quotas unless `qfserve app quota` overrides them; 0 means unlimited."""
+
+    qps: int = Field(default=0, ge=0)
+    rpm: int = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
+    daily: int = Field(default=0, ge=0)
+    total: int = Field(default=0, ge=0)
+    # While Redis is unreachable: "reject" answers error 2 (the SDK retries it for a few seconds);
+    # "local" keeps counting in each process, each allowed 1/gateway_processes of what was left.
+    redis_failure: Literal["reject", "local"] = "reject"
+    gateway_processes: int = Field(default=1, ge=1)
+    redis_timeout_seconds: float = 0.5
+    redis_retry_seconds: float = 1.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="QFSERVE_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -94,6 +110,8 @@ class Settings(BaseSettings):
     port: int = 8000
     # SQLAlchemy URL of the app and token store; empty means SQLite in `data_dir`.
     database_url: str = ""
+    # Redis shared by every gateway process for exact quotas; empty: counters in this process.
+    redis_url: str = ""
     token_ttl_seconds: int = 2592000
     # Derives IAM Secret Keys (bce-auth-v1); every gateway process sharing a store needs the same
     # one. Empty: a key file in `data_dir`, created on first use.
@@ -102,6 +120,7 @@ class Settings(BaseSettings):
     endpoints: list[EndpointSettings] = Field(default_factory=lambda: [EndpointSettings()])
     engine: EngineSettings = Field(default_factory=EngineSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
     # Seconds a shutdown waits for running answers before it cancels them.
     shutdown_grace_seconds: float = 10.0
 

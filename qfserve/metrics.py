@@ -4,13 +4,14 @@ gauges and totals, read from `Engine.stats()` at scrape time so the engine threa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from qfserve.access.quota import QuotaHealth
 from qfserve.engines.registry import EngineRegistry
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -18,7 +19,9 @@ _TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 
 
 
 class Metrics:
-    def __init__(self, engines: EngineRegistry) -> None:
+    def __init__(
+        self, engines: EngineRegistry, quota_health: Callable[[], QuotaHealth] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "qfserve_requests",
@@ -48,6 +51,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(engines))
+        if quota_health is not None:
+            self.registry.register(_QuotaCollector(quota_health))
         self._served = frozenset(engines.names())
 
     def clock(self, endpoint: str) -> RequestClock:
@@ -88,7 +93,9 @@ class RequestClock:
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engines: EngineRegistry) -> None:
+    def __init__(
+        self, engines: EngineRegistry, quota_health: Callable[[], QuotaHealth] | None = None
+    ) -> None:
         self._engines = engines
 
     def collect(self) -> Iterable[Metric]:
@@ -116,3 +123,26 @@ class _EngineCollector(Collector):
             cached.add_metric([name], stats.cached_prompt_tokens)
             generated.add_metric([name], stats.generated_tokens)
         return [running, waiting, prompt, cached, generated]
+
+
+class _QuotaCollector(Collector):
+    def __init__(self, health: Callable[[], QuotaHealth]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterable[Metric]:
+        health = self._health()
+        yield GaugeMetricFamily(
+            "qfserve_quota_store_up",
+            "1 while the quota counters' store (Redis, or this process) is reachable.",
+            value=1 if health.available else 0,
+        )
+        yield CounterMetricFamily(
+            "qfserve_quota_store_outages",
+            "Times the shared quota store became unreachable.",
+            value=health.outages,
+        )
+        yield CounterMetricFamily(
+            "qfserve_quota_degraded_requests",
+            "Requests decided by the failure policy while the shared quota store was down.",
+            value=health.degraded_requests,
+        )

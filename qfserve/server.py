@@ -18,6 +18,7 @@ from starlette.responses import Response
 from qfserve.access.apps import AppRegistry
 from qfserve.access.gate import AccessGate
 from qfserve.access.iam_keys import IamKeys, load_master_key
+from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
 from qfserve.api import health
@@ -28,7 +29,7 @@ from qfserve.api.qianfan import routes as qianfan_routes
 from qfserve.api.qianfan.serving import QianfanServing
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry
-from qfserve.errors import InternalError, MethodNotAllowed, UnknownRoute
+from qfserve.errors import EngineUnavailable, InternalError, MethodNotAllowed, UnknownRoute
 from qfserve.metrics import Metrics
 from qfserve.store.database import Database
 
@@ -85,14 +86,45 @@ class Service:
             self._draining = asyncio.ensure_future(self._engines.drain(running_time))
 
 
+async def _restore_totals(
+    store: Store, ledger: UsageLedger, quotas: QuotaEnforcer, defaults: QuotaLimits
+) -> None:
+    """Total quotas outlive the process: counters in memory start from the usage ledger's count
+    (and Redis's are raised to it, should Redis have lost them)."""
+    apps = await anyio.to_thread.run_sync(store.apps.all)
+    limited = [a for a in apps if (a.quota["total"] or defaults.total)]
+    if not limited:
+        return
+    counts = await anyio.to_thread.run_sync(ledger.admitted_counts)
+    for app in limited:
+        if counts.get(app.app_id):
+            try:
+                await quotas.restore_total(app.app_id, counts[app.app_id])
+            except EngineUnavailable:
+                log.warning("app %s: total quota not restored, the quota store is down", app.app_id)
+
+
 def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Service:
     store = open_store(settings)
     registry = engines or EngineRegistry.from_settings(settings.endpoints, settings.engine)
     ledger = UsageLedger(store.database)
+    quota = settings.quota
+    quotas = QuotaEnforcer.from_url(
+        settings.redis_url,
+        failure=quota.redis_failure,
+        processes=quota.gateway_processes,
+        timeout_seconds=quota.redis_timeout_seconds,
+        retry_seconds=quota.redis_retry_seconds,
+    )
+    default_limits = QuotaLimits.from_config(
+        qps=quota.qps, rpm=quota.rpm, tpm=quota.tpm, daily=quota.daily, total=quota.total
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ledger.start()
+        await quotas.prepare()
+        await _restore_totals(store, ledger, quotas, default_limits)
         await registry.start()
         service.attach(asyncio.get_running_loop())
         try:
@@ -101,13 +133,14 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
             await registry.close()
             # After the engines: every finished call has queued its usage row by now.
             await anyio.to_thread.run_sync(ledger.close)
+            await quotas.close()
             await anyio.to_thread.run_sync(store.database.close)
 
     app = FastAPI(
         title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    metrics = Metrics(registry)
-    gate = AccessGate(store.tokens, store.iam_keys, ledger, metrics)
+    metrics = Metrics(registry, quotas.health)
+    gate = AccessGate(store.tokens, store.iam_keys, ledger, metrics, quotas, default_limits)
     serving = QianfanServing(settings, registry, metrics)
     app.include_router(qianfan_routes.build_router(serving, gate, store.apps, store.tokens))
     app.include_router(console_routes.build_router(settings, gate))

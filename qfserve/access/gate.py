@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 
 from qfserve.access import signature
 from qfserve.access.apps import App
 from qfserve.access.iam_keys import IamKeys
+from qfserve.access.quota import QuotaEnforcer, QuotaLimits, Ticket
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger, UsageRecord
 from qfserve.errors import NoPermission
@@ -39,18 +39,6 @@ class Credentials:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class QuotaTicket(Protocol):
-    def headers(self) -> dict[str, str]: ...
-
-
-class Quotas(Protocol):
-    """Admission by the app's quotas (see access/quota): raises a QuotaExceeded error."""
-
-    async def admit(self, app: App, reserve_tokens: int) -> QuotaTicket: ...
-
-    async def settle(self, ticket: QuotaTicket, actual_tokens: int) -> None: ...
-
-
 @dataclass(slots=True)
 class Call:
     request_id: str
@@ -58,13 +46,15 @@ class Call:
     gate: AccessGate
     user_id: str | None = None
     app: App | None = None
-    ticket: QuotaTicket | None = None
+    ticket: Ticket | None = None
+    rate_limit_headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
 
     def headers(self) -> dict[str, str]:
-        return self.ticket.headers() if self.ticket is not None else {}
+        """The X-Ratelimit-* headers, once the quotas have been consulted."""
+        return self.rate_limit_headers
 
     async def finish(self, error_code: int, completion_tokens: int = 0) -> None:
         """Idempotent: the first call counts."""
@@ -81,13 +71,15 @@ class AccessGate:
         iam_keys: IamKeys,
         ledger: UsageLedger,
         metrics: Metrics,
-        quotas: Quotas | None = None,
+        quotas: QuotaEnforcer,
+        default_limits: QuotaLimits,
     ) -> None:
         self._tokens = tokens
         self._iam_keys = iam_keys
         self._ledger = ledger
         self._metrics = metrics
         self._quotas = quotas
+        self._default_limits = default_limits
 
     def open_call(self, request_id: str, endpoint: str) -> Call:
         return Call(request_id, endpoint, self)
@@ -117,20 +109,28 @@ class AccessGate:
         if not app.may_use(endpoint):
             raise NoPermission()
 
+    def limits(self, app: App) -> QuotaLimits:
+        overrides = {name: value for name, value in app.quota.items() if value is not None}
+        return self._default_limits.overridden(**overrides)
+
     async def admit(self, call: Call, reserve_tokens: int) -> None:
-        """Charge the app's quotas for this call, before any byte of its answer."""
-        if self._quotas is not None and call.app is not None:
-            call.ticket = await self._quotas.admit(call.app, reserve_tokens)
+        """Charge the app's quotas for this call, before any byte of its answer; raises the
+        QuotaExceeded error of the first spent quota (or 2 if the shared counters are down)."""
+        if call.app is None:
+            return
+        decision = await self._quotas.decide(call.app.app_id, self.limits(call.app), reserve_tokens)
+        call.rate_limit_headers = decision.headers()
+        error = decision.error()
+        if error is not None:
+            raise error
+        call.ticket = decision.ticket
 
     async def close_call(self, call: Call, error_code: int, completion_tokens: int) -> None:
         self._metrics.count(call.endpoint, error_code)
         if call.app is None:
             return  # unauthenticated: nothing to charge or to attribute
-        if call.ticket is not None and self._quotas is not None:
-            try:
-                await self._quotas.settle(call.ticket, call.prompt_tokens + completion_tokens)
-            except Exception:
-                log.warning("request %s: quota settlement failed", call.request_id, exc_info=True)
+        if call.ticket is not None:
+            await self._quotas.settle(call.ticket, call.prompt_tokens + completion_tokens)
         self._ledger.record(
             UsageRecord(
                 request_id=call.request_id,

@@ -24,6 +24,8 @@ from qfserve.store.schema import UsageRow
 log = logging.getLogger(__name__)
 
 GroupBy = Literal["day", "endpoint", "user", "app"]
+# Success, client gone mid-answer, engine overloaded, internal error: all after admission.
+ADMITTED_CODES = (0, 499, 336100, 336000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,17 @@ class UsageLedger:
                 threading.Event().wait(0.5 * (attempt + 1))
         self._dropped += len(rows)
         log.error("usage ledger: %d rows lost after retries", len(rows))
+
+    def admitted_counts(self) -> dict[int, int]:
+        """Requests per app that passed the quotas (to restore total quotas at start-up): the
+        codes a request can only end with after its admission."""
+        query = (
+            select(UsageRow.app_id, func.count())
+            .where(UsageRow.error_code.in_(ADMITTED_CODES))
+            .group_by(UsageRow.app_id)
+        )
+        with self._db.session() as session:
+            return {int(app): int(count) for app, count in session.execute(query).all()}
 
     def summarize(
         self, *, app_id: int | None = None, since: datetime | None = None, by: GroupBy = "day"
