@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -100,6 +101,27 @@ class QuotaSettings(BaseModel):
     redis_retry_seconds: float = 1.0
 
 
+class SafetySettings(BaseModel):
+    """Content safety (spec section 4): word lists and patterns on questions and answers."""
+
+    enabled: bool = True
+    # Extra list files (one term per line), added to the shipped default list; comma-separated
+    # in the environment. Reloaded without a restart when they change.
+    lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    reload_seconds: float = 5.0
+    disabled_categories: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    refusal: str = "这个问题我暂时无法回答，让我们换个话题再聊聊吧。"
+    # An endpoint that classifies each question (a Llama Guard style prompt); empty: none.
+    model_endpoint: str = ""
+
+    @field_validator("lists", "disabled_categories", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="QFSERVE_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -121,6 +143,19 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    # QFSERVE_SAFETY_LISTS, as the issue names it: list files added to the safety defaults.
+    safety_lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    @field_validator("safety_lists", mode="before")
+    @classmethod
+    def _comma_separated_lists(cls, value: Any) -> Any:
+        return SafetySettings._comma_separated(value)
+
+    @property
+    def safety_list_files(self) -> list[Path]:
+        return [*self.safety.lists, *self.safety_lists]
+
     # Seconds a shutdown waits for running answers before it cancels them.
     shutdown_grace_seconds: float = 10.0
 

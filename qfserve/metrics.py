@@ -50,10 +50,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.safety_hits = Counter(
+            "qfserve_safety_hits",
+            "Content safety hits, by category and by where (question, history, answer).",
+            ["category", "where"],
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(engines))
         if quota_health is not None:
             self.registry.register(_QuotaCollector(quota_health))
         self._served = frozenset(engines.names())
+
+    def safety_hit(self, category: str, where: str) -> None:
+        self.safety_hits.labels(category, where).inc()
 
     def clock(self, endpoint: str) -> RequestClock:
         return RequestClock(self, endpoint)

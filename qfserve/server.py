@@ -27,6 +27,7 @@ from qfserve.api.qianfan import console as console_routes
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan import routes as qianfan_routes
 from qfserve.api.qianfan.serving import QianfanServing
+from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import EngineUnavailable, InternalError, MethodNotAllowed, UnknownRoute
@@ -104,6 +105,13 @@ async def _restore_totals(
                 log.warning("app %s: total quota not restored, the quota store is down", app.app_id)
 
 
+async def _reload_lists(moderators: ModeratorSource | None, every: float) -> None:
+    """Safety lists edited on disk take effect without a restart (built off the event loop)."""
+    while moderators is not None:
+        await asyncio.sleep(every)
+        await anyio.to_thread.run_sync(moderators.reload_if_changed)
+
+
 def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Service:
     store = open_store(settings)
     registry = engines or EngineRegistry.from_settings(settings.endpoints, settings.engine)
@@ -127,9 +135,11 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         await _restore_totals(store, ledger, quotas, default_limits)
         await registry.start()
         service.attach(asyncio.get_running_loop())
+        reloading = asyncio.create_task(_reload_lists(moderators, settings.safety.reload_seconds))
         try:
             yield
         finally:
+            reloading.cancel()
             await registry.close()
             # After the engines: every finished call has queued its usage row by now.
             await anyio.to_thread.run_sync(ledger.close)
@@ -141,7 +151,16 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     )
     metrics = Metrics(registry, quotas.health)
     gate = AccessGate(store.tokens, store.iam_keys, ledger, metrics, quotas, default_limits)
-    serving = QianfanServing(settings, registry, metrics)
+    moderators = (
+        ModeratorSource(
+            settings.safety_list_files,
+            check_seconds=settings.safety.reload_seconds,
+            disabled=settings.safety.disabled_categories,
+        )
+        if settings.safety.enabled
+        else None
+    )
+    serving = QianfanServing(settings, registry, metrics, moderators)
     app.include_router(qianfan_routes.build_router(serving, gate, store.apps, store.tokens))
     app.include_router(console_routes.build_router(settings, gate))
     app.include_router(health.build_router(registry))

@@ -49,6 +49,7 @@ class Call:
     ticket: Ticket | None = None
     rate_limit_headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 0
+    safety_category: str | None = None  # what was flagged, for the ledger; never the text
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
 
@@ -141,5 +142,6 @@ class AccessGate:
                 completion_tokens=completion_tokens,
                 latency_ms=round((time.monotonic() - call.started) * 1000),
                 error_code=error_code,
+                safety_category=call.safety_category,
             )
         )

@@ -60,3 +60,10 @@ def usage(prompt_tokens: int, completion_tokens: int, total_tokens: int) -> dict
 def sse(body: dict[str, Any]) -> bytes:
     # Only `data: {json}` lines and blank lines: the SDK's parser knows nothing else.
     return b"data: " + one_line(body) + b"\n\n"
+
+
+def safety_flags(flagged: bool, ban_round: int = -1) -> dict[str, Any]:
+    """`need_clear_history`, and `ban_round` only when it is true (as Qianfan's bodies)."""
+    if not flagged:
+        return {"need_clear_history": False}
+    return {"need_clear_history": True, "ban_round": ban_round}

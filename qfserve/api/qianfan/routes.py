@@ -23,6 +23,7 @@ from qfserve.api.qianfan.serving import PreparedChat, QianfanServing, StreamEven
 from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
 from qfserve.chat.conversation import Message
 from qfserve.chat.params import RequestedSampling
+from qfserve.chat.safety import Verdict
 from qfserve.errors import (
     InternalError,
     InvalidArgument,
@@ -119,6 +120,20 @@ def build_router(
             prepared = serving.prepare(request_id, endpoint, messages, system, _sampling(body))
             call.prompt_tokens = prepared.prompt_tokens
             await gate.admit(call, prepared.prompt_tokens + prepared.generation.sampling.max_tokens)
+            verdict = await serving.screen(messages)
+            if verdict is not None:
+                # No generation: the refusal, flagged, with the prompt's usage only.
+                call.safety_category = verdict.hit.category
+                await call.finish(0)
+                refusal = _refusal_body(
+                    request_id, kind, prepared, verdict, serving.refusal, body.stream
+                )
+                if body.stream:
+                    return EventStreamResponse(
+                        _single(render.sse(refusal)),
+                        headers={**render.STREAM_HEADERS, **call.headers()},
+                    )
+                return render.json_response(refusal, headers={**render.STATEMENT, **call.headers()})
             if body.stream:
                 events = serving.stream(prepared)
                 first = await until_disconnect(request.receive, anext(events))
@@ -138,6 +153,8 @@ def build_router(
             log.exception("request %s failed", request_id)
             await call.finish(InternalError.code)
             return render.error_response(InternalError(), request_id)
+        if answer.flagged and prepared.flag.hit is not None:
+            call.safety_category = prepared.flag.hit.category
         await call.finish(0, answer.completion_tokens)
         return render.json_response(
             {
@@ -146,7 +163,7 @@ def build_router(
                 "created": int(time.time()),
                 "result": answer.text,
                 "is_truncated": answer.is_truncated,
-                "need_clear_history": False,
+                **render.safety_flags(answer.flagged),
                 "usage": render.usage(
                     answer.prompt_tokens,
                     answer.completion_tokens,
@@ -215,6 +232,8 @@ async def _sse(
                 outcome = event.error.code
             elif event.is_end:
                 outcome = 0
+            if event.flagged and prepared.flag.hit is not None:
+                call.safety_category = prepared.flag.hit.category
             yield render.sse(_event_body(request_id, kind, prepared, event))
             event = await anext(rest, None)
     finally:
@@ -237,6 +256,30 @@ def _event_body(
         "is_end": event.is_end,
         "is_truncated": event.is_truncated,
         "result": event.text,
-        "need_clear_history": False,
+        **render.safety_flags(event.flagged),
         "usage": render.usage(prepared.prompt_tokens, event.completion_tokens, event.total_tokens),
     }
+
+
+def _refusal_body(
+    request_id: str,
+    kind: str,
+    prepared: PreparedChat,
+    verdict: Verdict,
+    refusal: str,
+    stream: bool | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": request_id, "object": kind, "created": int(time.time())}
+    if stream:
+        body.update(sentence_id=0, is_end=True)
+    return {
+        **body,
+        "result": refusal,
+        "is_truncated": False,
+        **render.safety_flags(True, verdict.ban_round),
+        "usage": render.usage(prepared.prompt_tokens, 0, prepared.prompt_tokens),
+    }
+
+
+async def _single(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk

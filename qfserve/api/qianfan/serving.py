@@ -8,15 +8,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 
 from qfserve.chat.conversation import Message, check_messages, drop_oldest_round, forget_to_fit
 from qfserve.chat.params import RequestedSampling, resolve_sampling
+from qfserve.chat.safety import (
+    Hit,
+    ModeratorSource,
+    StreamGuard,
+    UnreadableVerdict,
+    Verdict,
+    build_guard_prompt,
+    parse_guard_verdict,
+)
+from qfserve.chat.safety import check_messages as check_user_messages
 from qfserve.chat.segmenter import Segment, Segmenter
 from qfserve.chat.template import ChatTemplate
 from qfserve.config import EndpointSettings, Settings, StreamSettings
-from qfserve.engines.base import Delta, Engine, FinishReason, GenerationRequest
+from qfserve.engines.base import Delta, Engine, FinishReason, GenerationRequest, SamplingParams
 from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import (
     EngineUnavailable,
@@ -30,6 +40,13 @@ from qfserve.metrics import Metrics, RequestClock
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class Flag:
+    """Set when the answer is flagged while it is generated; read once the answer is done."""
+
+    hit: Hit | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedChat:
     """A validated request, its prompt rendered and counted, ready for the engine."""
@@ -37,6 +54,8 @@ class PreparedChat:
     engine: Engine
     generation: GenerationRequest
     clock: RequestClock
+    guard: StreamGuard | None = None
+    flag: Flag = field(default_factory=Flag)
 
     @property
     def prompt_tokens(self) -> int:
@@ -49,10 +68,11 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    flagged: bool = False
 
     @property
     def is_truncated(self) -> bool:
-        return self.finish_reason == "length"
+        return self.finish_reason == "length" and not self.flagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +86,26 @@ class StreamEvent:
     is_end: bool
     is_truncated: bool = False
     error: QfserveError | None = None
+    flagged: bool = False  # the answer was flagged: this is the last event
 
 
 class QianfanServing:
-    def __init__(self, settings: Settings, engines: EngineRegistry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: EngineRegistry,
+        metrics: Metrics,
+        moderators: ModeratorSource | None,
+    ) -> None:
         self._settings = settings
         self._engines = engines
         self._metrics = metrics
+        self._moderators = moderators
         self._templates: dict[str, ChatTemplate] = {}
+
+    @property
+    def refusal(self) -> str:
+        return self._settings.safety.refusal
 
     @property
     def default_endpoint(self) -> str:
@@ -119,7 +151,41 @@ class QianfanServing:
                 f"context of {context} tokens"
             )
         generation = GenerationRequest(request_id, prompt, sampling)
-        return PreparedChat(engine, generation, self._metrics.clock(endpoint.name))
+        guard = StreamGuard(self._moderators.moderator) if self._moderators else None
+        return PreparedChat(engine, generation, self._metrics.clock(endpoint.name), guard)
+
+    async def screen(self, messages: list[Message]) -> Verdict | None:
+        """Check every user message as the client sent it, before any generation."""
+        if self._moderators is None:
+            return None
+        verdict = check_user_messages(messages, self._moderators.moderator)
+        if verdict is None and self._settings.safety.model_endpoint:
+            verdict = await self._classify(messages)
+        if verdict is not None:
+            where = "question" if verdict.ban_round == -1 else "history"
+            self._metrics.safety_hit(verdict.hit.category, where)
+        return verdict
+
+    async def _classify(self, messages: list[Message]) -> Verdict | None:
+        """The optional model-based check: a Llama Guard style prompt on a served endpoint."""
+        engine = self._engines.get(self._settings.safety.model_endpoint)
+        if engine is None or not engine.ready:
+            raise EngineUnavailable("the safety classifier endpoint is not available")
+        prompt = engine.tokenize(build_guard_prompt(messages))
+        request = GenerationRequest(
+            "guard", prompt, SamplingParams(max_tokens=12, temperature=0.0, top_k=1)
+        )
+        text = ""
+        async with _closing(engine.generate(request)) as deltas:
+            async for delta in deltas:
+                text += delta.text
+        try:
+            hit = parse_guard_verdict(text)
+        except UnreadableVerdict:
+            # The word lists still apply: an unreadable verdict lets the question through.
+            log.warning("the safety classifier's verdict could not be read")
+            return None
+        return Verdict(hit, -1) if hit is not None else None
 
     def tokenize(self, endpoint_name: str, text: str) -> int:
         _, engine = self.endpoint(endpoint_name)
@@ -130,19 +196,43 @@ class QianfanServing:
         parts: list[str] = []
         tokens = 0
         finish: FinishReason = "stop"
-        async with _closing(chat.engine.generate(chat.generation)) as deltas:
-            async for delta in deltas:
+        async with _closing(chat.engine.generate(chat.generation)) as generated:
+            async for delta in self._moderated(chat, generated):
                 chat.clock.tokens(delta.token_count)
                 parts.append(delta.text)
                 tokens += delta.token_count
                 finish = delta.finish_reason or finish
         chat.clock.finish(tokens)
-        return Answer("".join(parts), chat.prompt_tokens, tokens, finish)
+        flagged = chat.flag.hit is not None
+        text = self._settings.safety.refusal if flagged else "".join(parts)
+        return Answer(text, chat.prompt_tokens, tokens, finish, flagged)
 
     def stream(self, chat: PreparedChat) -> AsyncIterator[StreamEvent]:
         """Sentence segments as they complete. The generator must be closed (aclose) by its
         consumer; closing it aborts the generation."""
-        return _SegmentStream(chat, self._settings.stream).events()
+        return _SegmentStream(chat, self._settings.stream, self._moderated).events()
+
+    async def _moderated(
+        self, chat: PreparedChat, deltas: AsyncIterator[Delta]
+    ) -> AsyncIterator[Delta]:
+        """The answer through its safety guard: held back only while a listed term could still
+        complete; on a hit the flagged text is dropped and the answer ends there (returning
+        lets the caller close the engine's generator, which frees the sequence)."""
+        guard = chat.guard
+        if guard is None:
+            async for delta in deltas:
+                yield delta
+            return
+        async for delta in deltas:
+            text = guard.feed(delta.text)
+            if delta.finish_reason is not None and guard.hit is None:
+                text += guard.flush()
+            if guard.hit is not None:
+                chat.flag.hit = guard.hit
+                self._metrics.safety_hit(guard.hit.category, "answer")
+                yield Delta(text, delta.token_count, "stop")
+                return
+            yield Delta(text, delta.token_count, delta.finish_reason)
 
     def _template(self, endpoint: EndpointSettings, engine: Engine) -> ChatTemplate:
         template = self._templates.get(endpoint.name)
@@ -159,8 +249,14 @@ class _SegmentStream:
     event can say `is_end` without an empty extra event; the time limit flushes it regardless.
     """
 
-    def __init__(self, chat: PreparedChat, settings: StreamSettings) -> None:
+    def __init__(
+        self,
+        chat: PreparedChat,
+        settings: StreamSettings,
+        moderated: Callable[[PreparedChat, AsyncIterator[Delta]], AsyncIterator[Delta]],
+    ) -> None:
         self._chat = chat
+        self._moderated = moderated
         self._settings = settings
         self._segmenter = Segmenter(
             min_chars=settings.min_segment_chars, max_tokens=settings.max_segment_tokens
@@ -215,11 +311,13 @@ class _SegmentStream:
                     last = [*held, *completed, self._segmenter.flush()]
                     if len(last) > 1 and not last[-1].text and not last[-1].token_count:
                         last.pop()
-                    truncated = item.finish_reason == "length"
+                    flagged = self._chat.flag.hit is not None
+                    truncated = item.finish_reason == "length" and not flagged
                     self._chat.clock.finish(self._generated)
                     for index, segment in enumerate(last):
                         is_end = index == len(last) - 1
-                        yield self._event(segment, is_end=is_end, truncated=truncated)
+                        event = self._event(segment, is_end=is_end, truncated=truncated)
+                        yield replace(event, flagged=flagged and is_end)
                     return
                 # A delta that does not finish means more follows: what was held can go.
                 for segment in held:
@@ -236,8 +334,8 @@ class _SegmentStream:
 
     async def _pump(self, queue: asyncio.Queue[Delta | BaseException | None]) -> None:
         try:
-            async with _closing(self._chat.engine.generate(self._chat.generation)) as deltas:
-                async for delta in deltas:
+            async with _closing(self._chat.engine.generate(self._chat.generation)) as generated:
+                async for delta in self._moderated(self._chat, generated):
                     self._chat.clock.tokens(delta.token_count)
                     self._generated += delta.token_count
                     queue.put_nowait(delta)
