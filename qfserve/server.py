@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from qfserve.access.app_keys import AppKeys
 from qfserve.access.apps import AppRegistry
 from qfserve.access.gate import AccessGate
 from qfserve.access.iam_keys import IamKeys, load_master_key
@@ -23,10 +24,11 @@ from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
+from qfserve.api.openai import routes as openai_routes
 from qfserve.api.qianfan import console as console_routes
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan import routes as qianfan_routes
-from qfserve.api.qianfan.serving import QianfanServing
+from qfserve.api.serving import ChatServing
 from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry
@@ -43,6 +45,7 @@ class Store:
     apps: AppRegistry
     tokens: TokenIssuer
     iam_keys: IamKeys
+    app_keys: AppKeys
 
 
 def open_store(settings: Settings) -> Store:
@@ -55,6 +58,7 @@ def open_store(settings: Settings) -> Store:
         AppRegistry(database),
         TokenIssuer(database, settings.token_ttl_seconds),
         IamKeys(database, master_key),
+        AppKeys(database),
     )
 
 
@@ -150,7 +154,9 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         title="qfserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     metrics = Metrics(registry, quotas.health)
-    gate = AccessGate(store.tokens, store.iam_keys, ledger, metrics, quotas, default_limits)
+    gate = AccessGate(
+        store.tokens, store.iam_keys, store.app_keys, ledger, metrics, quotas, default_limits
+    )
     moderators = (
         ModeratorSource(
             settings.safety_list_files,
@@ -160,9 +166,10 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         if settings.safety.enabled
         else None
     )
-    serving = QianfanServing(settings, registry, metrics, moderators)
+    serving = ChatServing(settings, registry, metrics, moderators)
     app.include_router(qianfan_routes.build_router(serving, gate, store.apps, store.tokens))
     app.include_router(console_routes.build_router(settings, gate))
+    app.include_router(openai_routes.build_router(settings, serving, gate))
     app.include_router(health.build_router(registry))
     app.include_router(metrics_route.build_router(metrics))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from qfserve.access import signature
+from qfserve.access.app_keys import KEY_PREFIX, AppKeys
 from qfserve.access.apps import App
 from qfserve.access.iam_keys import IamKeys
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits, Ticket
@@ -33,6 +34,7 @@ class Credentials:
 
     access_token: str | None
     authorization: str | None = None
+    bearer: str | None = None  # `Authorization: Bearer`: an access token or an app key
     method: str = "POST"
     path: str = ""
     query: tuple[tuple[str, str], ...] = ()
@@ -70,6 +72,7 @@ class AccessGate:
         self,
         tokens: TokenIssuer,
         iam_keys: IamKeys,
+        app_keys: AppKeys,
         ledger: UsageLedger,
         metrics: Metrics,
         quotas: QuotaEnforcer,
@@ -77,6 +80,7 @@ class AccessGate:
     ) -> None:
         self._tokens = tokens
         self._iam_keys = iam_keys
+        self._app_keys = app_keys
         self._ledger = ledger
         self._metrics = metrics
         self._quotas = quotas
@@ -87,6 +91,10 @@ class AccessGate:
 
     async def verify(self, credentials: Credentials) -> App:
         """The calling app, by its access token or else its signature (100, 110, 111, 14, 15)."""
+        if credentials.bearer and credentials.bearer.startswith(KEY_PREFIX):
+            return await anyio.to_thread.run_sync(self._app_keys.verify, credentials.bearer)
+        if credentials.bearer:
+            return await anyio.to_thread.run_sync(self._tokens.verify, credentials.bearer)
         authorization = credentials.authorization or ""
         if credentials.access_token or not authorization.startswith(signature.PREFIX):
             return await anyio.to_thread.run_sync(self._tokens.verify, credentials.access_token)

@@ -7,14 +7,20 @@ first cancels the other (as Starlette's StreamingResponse does for ASGI < 2.4, b
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
+
+
+def one_line(body: dict[str, Any]) -> bytes:
+    """Compact JSON on one line: the qianfan SDK parses only a body's first line."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class ClientGone(Exception):

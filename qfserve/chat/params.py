@@ -24,10 +24,30 @@ class RequestedSampling:
     seed: int | None = None
 
 
-def resolve_sampling(asked: RequestedSampling, endpoint: EndpointSettings) -> SamplingParams:
+@dataclass(frozen=True, slots=True)
+class DialectRules:
+    """Where the dialects differ: Qianfan's temperature is in (0, 1] and its output at least 2
+    tokens; OpenAI's temperature is in [0, 2] (0: greedy) and its output at least 1 token."""
+
+    zero_temperature: bool = False
+    max_temperature: float = 1.0
+    min_output_tokens: int = 2
+
+
+QIANFAN = DialectRules()
+OPENAI = DialectRules(zero_temperature=True, max_temperature=2.0, min_output_tokens=1)
+
+
+def resolve_sampling(
+    asked: RequestedSampling, endpoint: EndpointSettings, rules: DialectRules = QIANFAN
+) -> SamplingParams:
     """Check each field's range (336003 with the rule) and fill the gaps from the endpoint."""
-    if asked.temperature is not None and not 0 < asked.temperature <= 1:
-        raise RuleViolation("temperature must be in (0, 1]")
+    temperature = asked.temperature
+    if temperature is not None:
+        low_ok = temperature >= 0 if rules.zero_temperature else temperature > 0
+        if not low_ok or temperature > rules.max_temperature:
+            opening = "[" if rules.zero_temperature else "("
+            raise RuleViolation(f"temperature must be in {opening}0, {rules.max_temperature:g}]")
     if asked.top_k is not None and asked.top_k < 1:
         raise RuleViolation("top_k must be >= 1")
     if asked.top_p is not None and not 0 <= asked.top_p <= 1:
@@ -40,8 +60,9 @@ def resolve_sampling(asked: RequestedSampling, endpoint: EndpointSettings) -> Sa
         if any(len(s) > MAX_STOP_CHARS for s in asked.stop):
             raise RuleViolation(f"each stop must be at most {MAX_STOP_CHARS} characters")
     ceiling = endpoint.max_output_tokens
-    if asked.max_output_tokens is not None and not 2 <= asked.max_output_tokens <= ceiling:
-        raise RuleViolation(f"max_output_tokens must be in [2, {ceiling}]")
+    floor = rules.min_output_tokens
+    if asked.max_output_tokens is not None and not floor <= asked.max_output_tokens <= ceiling:
+        raise RuleViolation(f"max_output_tokens must be in [{floor}, {ceiling}]")
     return SamplingParams(
         max_tokens=asked.max_output_tokens or min(endpoint.default_max_output_tokens, ceiling),
         temperature=asked.temperature if asked.temperature is not None else endpoint.temperature,

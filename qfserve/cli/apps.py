@@ -203,3 +203,39 @@ def iam_key(
         return
     console.print(f"Access Key: {key.access_key}")
     console.print(f"Secret Key: {key.secret_key}")
+
+
+keys_cli = typer.Typer(no_args_is_help=True, help="Long-lived app keys for the OpenAI routes.")
+apps_cli.add_typer(keys_cli, name="key")
+
+
+@keys_cli.command("create")
+def key_create(
+    app_id: AppId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an app key (`Authorization: Bearer sk-qf-...`). Shown this once; stored hashed."""
+    from qfserve.server import open_store
+
+    store = open_store(settings_from(config))
+    try:
+        store.apps.get(app_id)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    created = store.app_keys.create(app_id)
+    if as_json:
+        typer.echo(json.dumps({"app_id": app_id, "key": created.key, "prefix": created.prefix}))
+        return
+    console.print(f"App key: {created.key}")
+    console.print(f"[yellow]Shown once. Revoke it with `qfserve app key revoke {created.prefix}`.")
+
+
+@keys_cli.command("revoke")
+def key_revoke(prefix: str, config: ConfigOption = None) -> None:
+    """Revoke the app key that starts with PREFIX (as `key create` printed it)."""
+    from qfserve.server import open_store
+
+    if not open_store(settings_from(config)).app_keys.revoke(prefix):
+        raise fail(f"no live key {prefix}")
+    console.print(f"revoked {prefix}")

@@ -79,3 +79,18 @@ class UsageRow(Base):
     error_code: Mapped[int] = mapped_column(Integer)
     safety_category: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AppKeyRow(Base):
+    """A long-lived app key for `Authorization: Bearer` on the OpenAI-compatible routes. Only its
+    SHA-256 is kept (it carries 192 random bits); `prefix` lets an operator tell keys apart."""
+
+    __tablename__ = "app_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    app_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("apps.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)

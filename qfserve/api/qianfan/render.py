@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import string
 from typing import Any
 
 from starlette.responses import Response
 
+from qfserve.api.responses import one_line
 from qfserve.errors import OAuthError, QfserveError
 
 STATEMENT = {"Statement": "AI-generated"}
@@ -19,11 +19,6 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 def new_request_id() -> str:
     """`as-` and 10 lowercase letters or digits, as Qianfan's ids."""
     return "as-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
-
-
-def one_line(body: dict[str, Any]) -> bytes:
-    # The SDK parses only the first line of a body: never pretty-print.
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:

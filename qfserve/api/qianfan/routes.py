@@ -19,8 +19,8 @@ from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.access.tokens import TokenIssuer
 from qfserve.api.qianfan import render
 from qfserve.api.qianfan.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
-from qfserve.api.qianfan.serving import PreparedChat, QianfanServing, StreamEvent
 from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
+from qfserve.api.serving import ChatServing, PreparedChat, StreamEvent
 from qfserve.chat.conversation import Message
 from qfserve.chat.params import RequestedSampling
 from qfserve.chat.safety import Verdict
@@ -39,7 +39,7 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 def build_router(
-    serving: QianfanServing, gate: AccessGate, apps: AppRegistry, tokens: TokenIssuer
+    serving: ChatServing, gate: AccessGate, apps: AppRegistry, tokens: TokenIssuer
 ) -> APIRouter:
     router = APIRouter()
 

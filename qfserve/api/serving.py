@@ -1,4 +1,4 @@
-"""The Qianfan chat flow, between the routes and the engine: who is calling, what to generate,
+"""The chat flow shared by every API dialect, between the routes and the engine: what to generate,
 and how the answer comes back (whole, or as sentence segments). No HTTP here: routes render.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from qfserve.chat.conversation import Message, check_messages, drop_oldest_round, forget_to_fit
-from qfserve.chat.params import RequestedSampling, resolve_sampling
+from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
     Hit,
     ModeratorSource,
@@ -89,7 +89,7 @@ class StreamEvent:
     flagged: bool = False  # the answer was flagged: this is the last event
 
 
-class QianfanServing:
+class ChatServing:
     def __init__(
         self,
         settings: Settings,
@@ -127,12 +127,13 @@ class QianfanServing:
         messages: list[Message],
         system: str | None,
         asked: RequestedSampling,
+        rules: DialectRules = QIANFAN,
     ) -> PreparedChat:
         endpoint, engine = self.endpoint(endpoint_name)
         check_messages(messages, max_question_chars=endpoint.max_question_chars)
         if system and len(system) > endpoint.max_system_chars:
             raise RuleViolation(f"the max length of system is {endpoint.max_system_chars}")
-        sampling = resolve_sampling(asked, endpoint)
+        sampling = resolve_sampling(asked, endpoint, rules)
         template = self._template(endpoint, engine)
         kept: list[Message] | None = forget_to_fit(
             messages, max_total_chars=endpoint.max_total_chars
@@ -206,6 +207,18 @@ class QianfanServing:
         flagged = chat.flag.hit is not None
         text = self._settings.safety.refusal if flagged else "".join(parts)
         return Answer(text, chat.prompt_tokens, tokens, finish, flagged)
+
+    async def deltas(self, chat: PreparedChat) -> AsyncIterator[Delta]:
+        """The answer as the engine produces it, through the safety guard. Closing this
+        generator aborts the generation."""
+        generated_tokens = 0
+        async with _closing(chat.engine.generate(chat.generation)) as generated:
+            async for delta in self._moderated(chat, generated):
+                chat.clock.tokens(delta.token_count)
+                generated_tokens += delta.token_count
+                if delta.finish_reason is not None:
+                    chat.clock.finish(generated_tokens)
+                yield delta
 
     def stream(self, chat: PreparedChat) -> AsyncIterator[StreamEvent]:
         """Sentence segments as they complete. The generator must be closed (aclose) by its

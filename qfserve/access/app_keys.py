@@ -1,0 +1,75 @@
+"""Long-lived app keys (`sk-qf-...`), the OpenAI clients' way in: `Authorization: Bearer <key>`.
+
+Shown once when created; only a SHA-256 is stored (the key carries 192 random bits, so a slow
+hash buys nothing and would cost every request).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+
+from qfserve.access.apps import App, app_from_row
+from qfserve.access.secrets import token_digest
+from qfserve.errors import AppUnavailable, InvalidToken, MissingToken
+from qfserve.store.database import Database
+from qfserve.store.schema import AppKeyRow, AppRow
+
+KEY_PREFIX = "sk-qf-"
+
+
+@dataclass(frozen=True, slots=True)
+class NewAppKey:
+    key: str
+    prefix: str
+    app_id: int
+
+
+class AppKeys:
+    """Blocking database calls: the server runs them in a worker thread."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def create(self, app_id: int) -> NewAppKey:
+        key = KEY_PREFIX + secrets.token_urlsafe(24)
+        prefix = key[: len(KEY_PREFIX) + 6]
+        with self._db.session() as session:
+            session.add(
+                AppKeyRow(
+                    key_hash=token_digest(key),
+                    prefix=prefix,
+                    app_id=app_id,
+                    created_at=datetime.now(UTC),
+                    revoked=False,
+                )
+            )
+        return NewAppKey(key, prefix, app_id)
+
+    def revoke(self, prefix: str) -> int:
+        with self._db.session() as session:
+            result = session.execute(
+                update(AppKeyRow)
+                .where(AppKeyRow.prefix == prefix, AppKeyRow.revoked.is_(False))
+                .values(revoked=True)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def verify(self, key: str | None) -> App:
+        """The app the key belongs to; raises 100, 110 or 15 otherwise."""
+        if not key or not key.startswith(KEY_PREFIX):
+            raise MissingToken()
+        with self._db.session() as session:
+            row = session.get(AppKeyRow, token_digest(key))
+            if row is None or row.revoked:
+                raise InvalidToken()
+            app_row = session.get(AppRow, row.app_id)
+            if app_row is None:
+                raise InvalidToken()
+            app = app_from_row(app_row)
+        if app.deleted or app.disabled:
+            raise AppUnavailable()
+        return app
