@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from qfserve.bench.cli import bench
 from qfserve.cli.apps import apps_cli
 from qfserve.cli.common import ConfigOption, fail, settings_from
 from qfserve.cli.usage import usage
@@ -15,6 +16,7 @@ from qfserve.cli.usage import usage
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(apps_cli, name="app")
 cli.command()(usage)
+cli.command()(bench)
 
 
 @cli.command()

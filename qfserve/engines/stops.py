@@ -37,11 +37,14 @@ class StopMatcher:
         return text
 
     def flush(self) -> str:
-        """The generation ended without a stop string: release what was held back."""
+        """The generation ended without a stop string: release what was held back.
+
+        An answer cut inside a multi-byte character (by the output limit) ends before it: the
+        incomplete bytes are dropped, not sent as U+FFFD."""
         if self.stopped:
             return ""
-        text = self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
+        text, self._pending = self._pending, ""
+        self._decoder.reset()
         return text
 
     def _held_tail_length(self) -> int:

@@ -31,3 +31,8 @@ def test_multibyte_characters_split_across_tokens() -> None:
 
 def test_chinese_stop_string() -> None:
     assert run(("。",), ["第一句。".encode(), "第二句".encode()]) == ("第一句", True)
+
+
+def test_a_cut_inside_a_character_drops_its_bytes() -> None:
+    data = "好".encode()
+    assert run((), [b"ok ", data[:2]]) == ("ok ", False)

@@ -1,0 +1,3 @@
+from qfserve.bench.cli import main
+
+main()

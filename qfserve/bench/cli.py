@@ -1,0 +1,180 @@
+"""The `qfserve bench` command (also `python -m qfserve.bench`)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+# Only what the options need at import time: `qfserve serve` imports this module too, and
+# should not pay for httpx, rich's progress or psutil.
+from qfserve.bench.workload import SCENARIOS
+
+_STANDARD = "Start qfserve itself on the bundled model (or --model)."
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a list of integers: {text}") from exc
+    if not levels or any(level < 1 for level in levels):
+        raise typer.BadParameter("concurrency levels must be positive")
+    return levels
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"choose among {', '.join(SCENARIOS)}")
+    return chosen
+
+
+def bench(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Base URL of a running qfserve, measured on the Qianfan route."),
+    ] = None,
+    ak: Annotated[str | None, typer.Option("--ak", help="API Key, for --url.")] = None,
+    sk: Annotated[str | None, typer.Option("--sk", help="Secret Key, for --url.")] = None,
+    access_token: Annotated[str | None, typer.Option(help="Access token, for --url.")] = None,
+    openai_url: Annotated[
+        str | None, typer.Option(help="Base URL of any OpenAI-compatible server, also measured.")
+    ] = None,
+    openai_key: Annotated[str | None, typer.Option(help="Bearer key for --openai-url.")] = None,
+    endpoint: Annotated[
+        str, typer.Option(help="Qianfan {endpoint}; OpenAI `model`.")
+    ] = "llama_2_7b",
+    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,8",
+    requests: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests per server and level in all (default: 16, or 4 x level if more)."
+        ),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="max output tokens of every request.")] = 128,
+    temperature: Annotated[float, typer.Option(help="In (0, 1], as Qianfan requires.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Sampling seed of every request.")] = 42,
+    rounds: Annotated[int, typer.Option(help="Rounds; servers alternate within each.")] = 2,
+    scenarios: Annotated[str, typer.Option(help="Comma-separated subset to run.")] = ",".join(
+        SCENARIOS
+    ),
+    conversations: Annotated[
+        int | None, typer.Option(help="Play only the first N conversations.")
+    ] = None,
+    clients: Annotated[int, typer.Option(help="Clients of the disconnect scenario.")] = 16,
+    standard: Annotated[bool, typer.Option(help=_STANDARD)] = False,
+    compare: Annotated[
+        bool, typer.Option(help="Also start llama_cpp.server on the same model and threads.")
+    ] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="GGUF for --standard, --compare and the baseline.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads of every model (default: qfserve's own).")
+    ] = None,
+    pid: Annotated[
+        int | None, typer.Option(help="Process of the --url server, for its peak memory.")
+    ] = None,
+    workload: Annotated[
+        Path | None, typer.Option(help="Folder of prompts.json and conversations.json.")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write a markdown report here, and its JSON beside it.")
+    ] = None,
+) -> None:
+    """Measure throughput and latency (TTFT, inter-token, end-to-end; p50/p95/p99) of qfserve and
+    OpenAI-compatible servers, with the scenarios of issue 3's targets."""
+    import asyncio
+
+    from rich.console import Console
+
+    from qfserve.bench.client import Sampling
+    from qfserve.bench.suite import BenchOptions, run_suite
+    from qfserve.config import EngineSettings
+
+    console = Console(stderr=True)
+    if standard and url:
+        raise typer.BadParameter("--standard starts its own qfserve: give it or --url, not both")
+    if not (standard or url or openai_url or compare):
+        raise typer.BadParameter("nothing to measure: give --standard, --url or --openai-url")
+    if not 0 < temperature <= 1:
+        raise typer.BadParameter("--temperature must be in (0, 1]")
+    if url and not (access_token or (ak and sk)):
+        raise typer.BadParameter("--url needs --access-token, or --ak and --sk")
+    engine = EngineSettings()
+    options = BenchOptions(
+        url=url, access_token=access_token, ak=ak, sk=sk,
+        openai_url=openai_url, openai_key=openai_key, endpoint=endpoint,
+        concurrency=_levels(concurrency), requests=requests,
+        sampling=Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed),
+        rounds=max(1, rounds), scenarios=_scenarios(scenarios), conversations=conversations,
+        disconnect_clients=clients, standard=standard, compare=compare, model=model,
+        threads=threads or engine.n_threads, n_ctx=engine.context_length, pid=pid,
+        workload=workload,
+    )  # fmt: skip
+
+    async def run() -> dict[str, Any]:
+        # SIGTERM (a timeout's, a CI runner's) cancels the run like Ctrl-C does, so that the
+        # servers it started are stopped on the way out rather than left running.
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_suite(options, console)
+
+    try:
+        results = asyncio.run(run())
+    except asyncio.CancelledError as exc:
+        raise typer.Exit(128 + signal.SIGTERM) from exc
+    except (RuntimeError, OSError, ValueError) as exc:
+        console.print(f"[red]bench failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    _write(results, json_file, output)
+    _show(results)
+
+
+def _command_line() -> str:
+    args = sys.argv[1:]
+    if "bench" in args:
+        args = args[args.index("bench") + 1 :]
+    return " ".join(["qfserve", "bench", *map(shlex.quote, args)])
+
+
+def _write(results: dict[str, Any], json_file: Path | None, output: Path | None) -> None:
+    from qfserve.bench.report import markdown
+
+    text = json.dumps(results, ensure_ascii=False, indent=1) + "\n"
+    if json_file is not None:
+        json_file.write_text(text, encoding="utf-8")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(markdown(results, _command_line()), encoding="utf-8")
+        output.with_suffix(".json").write_text(text, encoding="utf-8")
+
+
+def _show(results: dict[str, Any]) -> None:
+    from qfserve.bench.report import load_table
+
+    rows = list(results.get("load", []))
+    if results.get("baseline"):
+        rows.append(results["baseline"])
+    lines = ["| | target | measured | goal | met |", "|---|---|---:|---|---|"]
+    for t in results["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "no")
+        lines.append(f"| {t['id']} | {t['what']} | {value} | {t['goal']} | {met} |")
+    # Plain markdown: readable at any terminal width, and ready to paste into an issue.
+    typer.echo("\n".join([*load_table(rows), "", *lines]))
+
+
+def main() -> None:
+    typer.run(bench)

@@ -1,0 +1,206 @@
+"""Servers the bench starts itself: qfserve, and llama-cpp-python's own OpenAI server.
+
+Both on the same GGUF with the same threads, on free loopback ports, logging to files in a
+temporary directory, and stopped (SIGTERM, then SIGKILL) by the handle that started them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qfserve.bench.client import Dialect, Target
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 20.0
+LLAMA_CPP_SERVER = "llama_cpp.server"
+# Everything `python -m llama_cpp.server` imports beyond qfserve's own dependencies: the `server`
+# extra of llama-cpp-python, installed alone so that the library itself is not rebuilt.
+LLAMA_CPP_SERVER_EXTRAS = ("sse_starlette", "starlette_context", "yaml")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _qfserve_command() -> list[str]:
+    # The console script beside this interpreter is what users run; `-m` where there is none.
+    script = Path(sys.executable).with_name("qfserve")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "qfserve"]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without its QFSERVE_* settings: the standard run measures
+    qfserve's defaults, not whatever configuration the shell happens to carry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QFSERVE_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Peer:
+    name: str
+    process: subprocess.Popen[bytes]
+    target: Target
+    log: Path
+
+    async def wait_ready(self, path: str) -> None:
+        url = self.target.base_url.rstrip("/") + path
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited at start-up; see {self.log}")
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+        raise RuntimeError(
+            f"{self.name} was not ready after {READY_TIMEOUT_S:.0f}s; see {self.log}"
+        )
+
+    def stop(self) -> None:
+        """Idempotent: SIGTERM (both servers shut down cleanly on it), SIGKILL if it hangs."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _find_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up here, in the parent: between fork and exec the child should call, not load.
+_prctl = _find_prctl()
+
+
+def die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the bench dies without stopping it
+    (SIGKILL, a crash), rather than leave a server holding a model and two cores."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        # The child keeps its own copy of the descriptor; ours can close at once.
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=die_with_parent,
+        )
+
+
+async def start_qfserve(
+    *, model: Path | None, threads: int, workdir: Path, endpoint: str = "llama_2_7b"
+) -> Peer:
+    """`qfserve serve` on a fresh data directory, with an app and an access token made for it."""
+    data_dir = workdir / "qfserve-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = _clean_env(
+        QFSERVE_DATA_DIR=str(data_dir),
+        QFSERVE_ENGINE__N_THREADS=str(threads),
+        QFSERVE_LOG_LEVEL="warning",
+    )
+    created = await asyncio.to_thread(
+        subprocess.run,
+        [*_qfserve_command(), "app", "create", "--name", "bench", "--json"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    keys = json.loads(created.stdout)
+    port = free_port()
+    command = [*_qfserve_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if model is not None:
+        command += ["--model", str(model)]
+    log = workdir / "qfserve.log"
+    base_url = f"http://127.0.0.1:{port}"
+    process = _spawn(command, env, log)
+    peer = Peer("qfserve", process, Target("qfserve", Dialect.QIANFAN, base_url, endpoint), log)
+    try:
+        await peer.wait_ready("/health")
+        token = await fetch_access_token(base_url, keys["api_key"], keys["secret_key"])
+    except BaseException:
+        peer.stop()
+        raise
+    peer.target = Target(
+        "qfserve", Dialect.QIANFAN, base_url, endpoint, access_token=token, pid=process.pid
+    )
+    return peer
+
+
+async def fetch_access_token(base_url: str, api_key: str, secret_key: str) -> str:
+    params = {"grant_type": "client_credentials", "client_id": api_key, "client_secret": secret_key}
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        response = await client.post(base_url.rstrip("/") + "/oauth/2.0/token", params=params)
+    body = response.json()
+    if response.status_code != 200 or "access_token" not in body:
+        raise RuntimeError(f"no access token from {base_url}: {response.text[:300]}")
+    return str(body["access_token"])
+
+
+def missing_llama_cpp_server_modules() -> list[str]:
+    return [name for name in LLAMA_CPP_SERVER_EXTRAS if importlib.util.find_spec(name) is None]
+
+
+async def start_llama_cpp_server(
+    *, model: Path, threads: int, n_ctx: int, workdir: Path, endpoint: str = "llama_2_7b"
+) -> Peer:
+    """`python -m llama_cpp.server` with `--interrupt_requests False`: by default each new request
+    cuts off the running one, and at concurrency 8 all answers but one would come back empty."""
+    missing = missing_llama_cpp_server_modules()
+    if missing:
+        raise RuntimeError(
+            f"{LLAMA_CPP_SERVER} needs {', '.join(missing)}: "
+            "pip install sse-starlette 'starlette-context>=0.3.6,<0.4' PyYAML"
+        )
+    port = free_port()
+    command = [
+        sys.executable, "-m", LLAMA_CPP_SERVER,
+        "--model", str(model), "--model_alias", endpoint,
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        "--n_ctx", str(n_ctx), "--interrupt_requests", "False",
+        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
+    ]  # fmt: skip
+    log = workdir / "llama_cpp_server.log"
+    process = _spawn(command, _clean_env(), log)
+    target = Target(
+        LLAMA_CPP_SERVER, Dialect.OPENAI, f"http://127.0.0.1:{port}", endpoint, pid=process.pid
+    )
+    peer = Peer(LLAMA_CPP_SERVER, process, target, log)
+    try:
+        await peer.wait_ready("/v1/models")
+    except BaseException:
+        peer.stop()
+        raise
+    return peer

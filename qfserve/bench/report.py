@@ -1,0 +1,267 @@
+"""The machine, the issue's targets, and the results as JSON and as a markdown page."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from qfserve.bench.stats import ratio
+
+PRIMARY = "qfserve"
+COMPARED = "llama_cpp.server"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "ram_bytes": psutil.virtual_memory().total,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "llama_cpp_python": _version("llama_cpp_python"),
+        "qfserve": _version("qfserve"),
+        "git_commit": _git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],  # noqa: S607 - git from PATH, no input
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def _load(results: dict[str, Any], peer: str, concurrency: int) -> dict[str, Any] | None:
+    return next(
+        (
+            s
+            for s in results.get("load", [])
+            if s["peer"] == peer and s["concurrency"] == concurrency
+        ),
+        None,
+    )
+
+
+def _tps(summary: dict[str, Any] | None) -> float | None:
+    return summary["output_tokens_per_s"] if summary else None
+
+
+def _target(
+    key: str, what: str, value: float | None, goal: str, met: bool | None, detail: str
+) -> dict[str, Any]:
+    return {"id": key, "what": what, "value": value, "goal": goal, "met": met, "detail": detail}
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 3's targets, computed from one run's results; `met` is None when not measured."""
+    levels = sorted({s["concurrency"] for s in results.get("load", []) if s["peer"] == PRIMARY})
+    high = 8 if 8 in levels else max((c for c in levels if c > 1), default=None)
+    one = _load(results, PRIMARY, 1)
+    many = _load(results, PRIMARY, high) if high else None
+    other = _load(results, COMPARED, high) if high else None
+    base = results.get("baseline")
+    found: list[dict[str, Any]] = []
+
+    value = ratio(_tps(one), _tps(base))
+    found.append(_target(
+        "a", "concurrency 1: output tokens/s vs llama-cpp-python without HTTP", value, ">= 0.90",
+        None if value is None else value >= 0.90,
+        f"{_fmt(_tps(one))} vs {_fmt(_tps(base))} tokens/s",
+    ))  # fmt: skip
+    value = ratio(_tps(many), _tps(other))
+    found.append(_target(
+        "b1", f"concurrency {high}: aggregate tokens/s vs {COMPARED}", value, ">= 3.0",
+        None if value is None else value >= 3.0,
+        f"{_fmt(_tps(many))} vs {_fmt(_tps(other))} tokens/s",
+    ))  # fmt: skip
+    value = ratio(_tps(many), _tps(one))
+    found.append(_target(
+        "b2", f"concurrency {high}: aggregate tokens/s vs qfserve at concurrency 1", value,
+        ">= 1.6", None if value is None else value >= 1.6,
+        f"{_fmt(_tps(many))} vs {_fmt(_tps(one))} tokens/s",
+    ))  # fmt: skip
+
+    ratios = [
+        c["ttft_ratio_last_to_first"]
+        for c in results.get("conversations", [])
+        if c["peer"] == PRIMARY and c["ttft_ratio_last_to_first"] is not None
+    ]
+    value = statistics.median(ratios) if ratios else None
+    found.append(_target(
+        "c", "8th turn's time to first token vs the 1st turn's (median over conversations)",
+        value, "<= 1.5", None if value is None else value <= 1.5,
+        "worst " + _fmt(max(ratios), 2) if ratios else "not measured",
+    ))  # fmt: skip
+
+    gone = results.get("disconnect") or {}
+    value = gone.get("seconds_to_zero")
+    met = None if value is None else value <= 1.0 and bool(gone.get("stayed_zero_s"))
+    found.append(_target(
+        "d", f"{gone.get('clients', 16)} clients disconnect: seconds until no running sequence",
+        value, "<= 1.0", met,
+        gone.get("note") or f"{gone.get('streaming_at_disconnect')} streaming at the disconnect, "
+        f"{_fmt(gone.get('running_before'), 0)} running; "
+        + ("stayed at 0" if gone.get("stayed_zero_s") else "did not stay at 0"),
+    ))  # fmt: skip
+    return found
+
+
+def _ms(dist: dict[str, Any]) -> str:
+    parts = [dist.get(k) for k in ("p50", "p95", "p99")]
+    return " / ".join("-" if v is None else f"{v * 1000:.0f}" for v in parts)
+
+
+def _s(dist: dict[str, Any]) -> str:
+    parts = [dist.get(k) for k in ("p50", "p95", "p99")]
+    return " / ".join("-" if v is None else f"{v:.2f}" for v in parts)
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def load_table(summaries: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| server | concurrency | requests | errors | output tokens/s | TTFT ms p50 / p95 / p99 "
+        "| inter-token ms p50 / p95 / p99 | end-to-end s p50 / p95 / p99 | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---|---|---|---:|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s['peer']} | {s['concurrency']} | {s['requests']} | {s['errors']} "
+            f"| {_fmt(s['output_tokens_per_s'])} | {_ms(s['ttft_s'])} | {_ms(s['itl_s'])} "
+            f"| {_s(s['e2e_s'])} | {_mb(s['peak_rss_bytes'])} |"
+        )
+    return lines
+
+
+def markdown(results: dict[str, Any], command: str = "") -> str:
+    m, cfg = results["machine"], results["settings"]
+    out = [
+        "# qfserve bench results",
+        "",
+        f"Measured {m['date']} on {m['cpu']} ({m['logical_cores']} logical cores, "
+        f"{m['ram_bytes'] / 2**30:.1f} GiB RAM, load average {m['load_average_at_start']} at "
+        f"start), Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}, "
+        f"qfserve {m['qfserve']} ({m['git_commit']}).",
+        "",
+        f"Model `{cfg['model']}`, {cfg['threads']} threads. Every request: max "
+        f"{cfg['max_tokens']} output tokens, temperature {cfg['temperature']}, top_p "
+        f"{cfg['top_p']}, top_k {cfg['top_k']}, no repeat penalty, seed {cfg['seed']}. "
+        f"{cfg['rounds']} round(s), the servers taking turns within each.",
+    ]
+    if command:
+        out += ["", f"Command: `{command}`"]
+    out += ["", "## Targets (issue 3)", "", "| | target | measured | goal | met | detail |"]
+    out.append("|---|---|---:|---|---|---|")
+    for t in results.get("targets", []):
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        value = _fmt(t["value"], 2)
+        out.append(f"| {t['id']} | {t['what']} | {value} | {t['goal']} | {met} | {t['detail']} |")
+    rows = list(results.get("load", []))
+    if results.get("baseline"):
+        rows.append(results["baseline"])
+    out += ["", "## Load", "", *load_table(rows)]
+    out += _conversation_lines(results.get("conversations", []))
+    out += _disconnect_lines(results.get("disconnect"))
+    out += ["", "## How to read this", "", *NOTES]
+    return "\n".join(out) + "\n"
+
+
+def _conversation_lines(conversations: list[dict[str, Any]]) -> list[str]:
+    if not conversations:
+        return []
+    width = max(len(c["turns"]) for c in conversations)
+    head = " | ".join(f"turn {n}" for n in range(1, width + 1))
+    lines = [
+        "",
+        "## Conversations: time to first token per turn (ms)",
+        "",
+        f"| server | conversation | {head} | chars at the last turn | last / first |",
+        "|---|---|" + "---:|" * (width + 2),
+    ]
+    for c in conversations:
+        cells = [
+            "-" if t["ttft_s"] is None else f"{t['ttft_s'] * 1000:.0f}" for t in c["turns"]
+        ] + ["-"] * (width - len(c["turns"]))
+        chars = c["turns"][-1]["history_chars"] if c["turns"] else 0
+        lines.append(
+            f"| {c['peer']} | {c['conversation']} | {' | '.join(cells)} | {chars} "
+            f"| {_fmt(c['ttft_ratio_last_to_first'], 2)} |"
+        )
+    return lines
+
+
+def _disconnect_lines(gone: dict[str, Any] | None) -> list[str]:
+    if not gone:
+        return []
+    head = ["", f"## Disconnect: {gone.get('clients')} streaming clients at once", ""]
+    if not gone.get("available"):
+        return [*head, f"{gone.get('peer')}: {gone.get('note')}"]
+    closed = gone.get("all_closed_s")
+    return [
+        *head,
+        "| server | streaming at the disconnect | running / queued before | all closed in ms "
+        "| seconds until 0 running | stayed at 0 for 1 s |",
+        "|---|---:|---|---:|---:|---|",
+        f"| {gone['peer']} | {gone.get('streaming_at_disconnect')} "
+        f"| {_fmt(gone.get('running_before'), 0)} / {_fmt(gone.get('queued_before'), 0)} "
+        f"| {_fmt(None if closed is None else closed * 1000, 0)} "
+        f"| {_fmt(gone.get('seconds_to_zero'), 2)} "
+        f"| {'yes' if gone.get('stayed_zero_s') else 'no'} |",
+    ]
+
+
+NOTES = [
+    "- Output tokens/s: all answered tokens over the run's wall time (aggregate), counted from",
+    "  the servers' usage; `llama_cpp.server` streams no usage, so its answers cut at max",
+    "  tokens count as max tokens, the others by its tokenizer route (`counted_by` in the JSON).",
+    "- qfserve's Qianfan stream sends sentence segments, not tokens: its TTFT is the first",
+    "  segment's time minus its extra tokens at the request's own decode pace, and its",
+    "  inter-token gaps spread each segment's tokens over the gap before it. The first segment's",
+    "  raw time is `first_event_s` in the JSON.",
+    "- Conversations are played side by side (turn 1 of each, then turn 2 of each...), each turn",
+    "  resending the whole history with the model's own answers, trimmed so the 8th turn lands",
+    "  under the 2,000-character limit; each turn's TTFT is a 2-token probe.",
+    "- Figures vary about 10% from run to run on this kind of machine: compare within one run.",
+]

@@ -1,0 +1,96 @@
+"""Percentiles and throughput over a run's records. Pure."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qfserve.bench.client import RequestRecord
+
+QUANTILES = (50, 95, 99)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile by linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    if low == high:
+        return ordered[low]
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def distribution(values: Sequence[float]) -> dict[str, Any]:
+    summary: dict[str, Any] = {f"p{q}": percentile(values, q) for q in QUANTILES}
+    summary["mean"] = sum(values) / len(values) if values else None
+    summary["max"] = max(values) if values else None
+    summary["n"] = len(values)
+    return summary
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One peer at one concurrency; several rounds merge into one (`merge`)."""
+
+    peer: str
+    concurrency: int
+    records: list[RequestRecord] = field(default_factory=list)
+    wall_s: float = 0.0
+    peak_rss_bytes: int | None = None
+    rounds: int = 1
+
+
+def merge(runs: Sequence[RunResult]) -> RunResult:
+    """Rounds of the same peer and concurrency as one run: records pooled, wall times added, so
+    that throughput is all tokens over all the time spent producing them."""
+    first = runs[0]
+    peaks = [r.peak_rss_bytes for r in runs if r.peak_rss_bytes is not None]
+    return RunResult(
+        peer=first.peer,
+        concurrency=first.concurrency,
+        records=[record for run in runs for record in run.records],
+        wall_s=sum(r.wall_s for r in runs),
+        peak_rss_bytes=max(peaks) if peaks else None,
+        rounds=sum(r.rounds for r in runs),
+    )
+
+
+def output_tokens_per_s(records: Iterable[RequestRecord], wall_s: float) -> float | None:
+    """Aggregate throughput: every answered token over the wall time of the whole run."""
+    total = sum(r.output_tokens for r in records if r.ok)
+    return total / wall_s if wall_s > 0 else None
+
+
+def summarize(run: RunResult) -> dict[str, Any]:
+    ok = [r for r in run.records if r.ok]
+    errors = [r.error for r in run.records if r.error is not None]
+    return {
+        "peer": run.peer,
+        "concurrency": run.concurrency,
+        "requests": len(run.records),
+        "rounds": run.rounds,
+        "errors": len(errors),
+        "first_errors": sorted(set(errors))[:3],
+        "output_tokens": sum(r.output_tokens for r in ok),
+        "prompt_tokens": sum(r.prompt_tokens or 0 for r in ok),
+        "wall_s": run.wall_s,
+        "output_tokens_per_s": output_tokens_per_s(ok, run.wall_s),
+        "ttft_s": distribution([t for r in ok if (t := r.ttft_s) is not None]),
+        "first_event_s": distribution([t for r in ok if (t := r.first_event_s) is not None]),
+        "itl_s": distribution([gap for r in ok for gap in r.itl_s]),
+        "e2e_s": distribution([r.e2e_s for r in ok]),
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "counted_by": dict(Counter(r.counted_by for r in ok)),
+        "finish": dict(Counter(r.finish or "none" for r in ok)),
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator

@@ -1,0 +1,66 @@
+"""A tiny `qfserve bench --standard` run end to end: its JSON has every field the report needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qfserve.bench.peers import missing_llama_cpp_server_modules
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+
+@pytest.mark.timeout(900)
+def test_tiny_standard_bench(tmp_path: Path) -> None:
+    results_file, page = tmp_path / "bench.json", tmp_path / "RESULTS.md"
+    # The comparison needs llama-cpp-python's `server` extra; without it, qfserve alone.
+    compare = not missing_llama_cpp_server_modules()
+    command = [
+        sys.executable, "-m", "qfserve.bench", "--standard",
+        "--requests", "2", "--concurrency", "1,2", "--max-tokens", "16", "--rounds", "1",
+        "--conversations", "1", "--clients", "4",
+        "--json", str(results_file), "--output", str(page),
+        *(["--compare"] if compare else []),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=840, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads(results_file.read_text())
+    assert {"cpu", "logical_cores", "ram_bytes", "python", "llama_cpp_python", "date"} <= set(
+        results["machine"]
+    )
+    assert results["settings"]["max_tokens"] == 16 and results["settings"]["threads"] >= 1
+
+    peers = ["qfserve", "llama_cpp.server"] if compare else ["qfserve"]
+    load = {(s["peer"], s["concurrency"]): s for s in results["load"]}
+    assert set(load) == {(p, c) for p in peers for c in (1, 2)}
+    for summary in [*load.values(), results["baseline"]]:
+        assert summary["errors"] == 0, summary["first_errors"]
+        assert summary["requests"] == 2
+        assert 0 < summary["output_tokens"] <= 2 * 16
+        assert summary["output_tokens_per_s"] > 0
+        for key in ("ttft_s", "itl_s", "e2e_s"):
+            assert set(summary[key]) >= {"p50", "p95", "p99"}
+        assert summary["ttft_s"]["p50"] > 0 and summary["e2e_s"]["p99"] > 0
+        assert summary["peak_rss_bytes"] > 0
+    assert load[("qfserve", 1)]["counted_by"] == {"usage": 2}
+
+    conversations = results["conversations"]
+    assert {c["peer"] for c in conversations} == set(peers)
+    for conversation in conversations:
+        assert [t["turn"] for t in conversation["turns"]] == list(range(1, 9))
+        assert conversation["ttft_ratio_last_to_first"] > 0
+
+    assert results["disconnect"]["peer"] == "qfserve"
+    if results["disconnect"]["available"]:
+        assert results["disconnect"]["seconds_to_zero"] is not None
+    else:
+        assert results["disconnect"]["note"].startswith("not available")
+
+    assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "c", "d"]
+    assert page.read_text().startswith("# qfserve bench results")
+    assert json.loads(page.with_suffix(".json").read_text()) == results
