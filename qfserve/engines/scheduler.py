@@ -1,0 +1,274 @@
+"""Continuous-batching scheduler: pure bookkeeping, no llama.cpp, tested without a model.
+
+The embedded engine owns `n_slots` llama.cpp sequence ids ("slots"). Each slot's KV cache keeps the
+tokens of the last request it served after that request ends, so a later prompt sharing a prefix
+with them skips prefilling it (the prefix cache).
+
+Before a request reaches the engine thread, `Admission` bounds the requests in flight to
+`n_slots + max_waiting`: past that, the waiting queue is full and the request is refused at once
+with OverloadedError (336100).
+
+One engine step, `Scheduler.schedule(now)`:
+
+1. Expire: waiting requests older than `max_wait_seconds` leave the queue; the engine fails them
+   with OverloadedError (336100).
+2. Admit, first come first served, while a slot is idle: the request takes the idle slot whose
+   cached tokens share the longest prefix with its prompt, else the least recently used idle slot
+   (`choose_slot`, a pure function; LRU eviction of cached prefixes follows from it). The shared
+   prefix is reused up to `len(prompt) - 1` tokens: the last prompt token is always decoded again,
+   since its logits give the first answer token. The engine drops the slot's KV tail past it.
+3. Plan one batch: every sequence that is generating feeds its last sampled token (one token
+   each, so running streams advance every step); sequences still prefilling share a budget of
+   `prefill_chunk` prompt tokens per step, oldest first. A chunk that reaches the end of a
+   sequence's known tokens asks for logits.
+
+After `llama_decode` the engine calls `advance(step)`, samples, `append`s tokens and `finish`es
+sequences. `abort` is idempotent: unknown, finished or already aborted keys are a no-op.
+
+Threads: `Admission` is shared by the event loop and the engine thread (it has a lock); everything
+else is used by the engine thread only, except `stats()`, which only reads ints and lengths.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from qfserve.engines.base import EngineStats
+from qfserve.errors import EngineUnavailable, OverloadedError
+
+P = TypeVar("P")
+
+
+class Admission:
+    """Requests in flight (waiting or running), bounded by `n_slots + max_waiting`.
+
+    Checked on the event loop before a request is handed to the engine thread, so a refusal is
+    immediate; the engine thread `leave`s once per request when it is done with it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._in_flight = 0
+        self._open = True
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def enter(self, then: Callable[[], object] | None = None) -> None:
+        """Count a request in, or refuse it. `then` runs under the lock, so that a request handed
+        over in it is never lost to a concurrent `close`."""
+        with self._lock:
+            if not self._open:
+                raise EngineUnavailable()
+            if self._in_flight >= self._capacity:
+                raise OverloadedError()
+            self._in_flight += 1
+            if then is not None:
+                then()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is in flight (True) or `timeout` seconds pass (False)."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def close(self) -> None:
+        """Refuse every later request; the caller then fails what was already queued."""
+        with self._lock:
+            self._open = False
+
+
+@dataclass(eq=False, slots=True)
+class SeqState(Generic[P]):
+    """One request from admission to finish. `tokens` is the prompt, then the sampled tokens."""
+
+    key: int
+    tokens: list[int]
+    arrival: float
+    payload: P
+    n_prompt: int = 0
+    slot: int = -1
+    # Tokens of `tokens` already in the slot's KV cache; the rest still have to be decoded.
+    n_past: int = 0
+    n_cached: int = 0
+
+    def __post_init__(self) -> None:
+        self.n_prompt = len(self.tokens)
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+
+@dataclass(slots=True)
+class Slot:
+    """A llama.cpp sequence id. While idle, `cached` is what its KV cache holds, by position."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    last_used: int = 0
+    busy: bool = False
+
+
+@dataclass(slots=True)
+class Step(Generic[P]):
+    expired: list[SeqState[P]] = field(default_factory=list)
+    admitted: list[SeqState[P]] = field(default_factory=list)
+    # (sequence, n): feed seq.tokens[seq.n_past : seq.n_past + n] at positions n_past onwards.
+    chunks: list[tuple[SeqState[P], int]] = field(default_factory=list)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def choose_slot(slots: Iterable[Slot], prompt: Sequence[int]) -> Slot | None:
+    """The idle slot sharing the longest prefix with `prompt`; ties (and no match) go to the LRU."""
+    best: Slot | None = None
+    best_key = (-1, 0)
+    for slot in slots:
+        if slot.busy:
+            continue
+        key = (common_prefix_length(slot.cached, prompt), -slot.last_used)
+        if best is None or key > best_key:
+            best, best_key = slot, key
+    return best
+
+
+class Scheduler(Generic[P]):
+    def __init__(self, *, n_slots: int, max_wait_seconds: float, prefill_chunk: int) -> None:
+        if n_slots < 1 or prefill_chunk < 1:
+            raise ValueError("n_slots and prefill_chunk must be at least 1")
+        self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self.max_wait_seconds = max_wait_seconds
+        self.prefill_chunk = prefill_chunk
+        self.waiting: deque[SeqState[P]] = deque()
+        # Insertion order is admission order: prefill budget goes to the oldest first.
+        self.running: dict[int, SeqState[P]] = {}
+        self._tick = 0
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
+        self.generated_tokens = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def add(self, seq: SeqState[P]) -> None:
+        if seq.n_prompt == 0:
+            raise ValueError("a prompt needs at least one token")
+        self.waiting.append(seq)
+
+    def schedule(self, now: float) -> Step[P]:
+        step: Step[P] = Step()
+        if self.waiting:
+            self._expire(now, step)
+        while self.waiting and len(self.running) < len(self.slots):
+            self._admit(self.waiting.popleft(), step)
+        budget = self.prefill_chunk
+        for seq in self.running.values():
+            remaining = len(seq.tokens) - seq.n_past
+            if seq.n_generated > 0:
+                step.chunks.append((seq, remaining))
+            elif budget > 0:
+                n = min(remaining, budget)
+                budget -= n
+                step.chunks.append((seq, n))
+        return step
+
+    def advance(self, step: Step[P]) -> None:
+        """The batch of `step` was decoded: its tokens are in the KV cache now."""
+        for seq, n in step.chunks:
+            seq.n_past += n
+
+    def append(self, seq: SeqState[P], token: int) -> None:
+        seq.tokens.append(token)
+        self.generated_tokens += 1
+
+    def finish(self, seq: SeqState[P], *, keep_cache: bool = True) -> None:
+        """Free the sequence's slot. Idempotent. Without `keep_cache` the engine cleared its KV."""
+        if self.running.pop(seq.key, None) is None:
+            return
+        slot = self.slots[seq.slot]
+        slot.busy = False
+        slot.cached = seq.tokens[: seq.n_past] if keep_cache else []
+        self._tick += 1
+        slot.last_used = self._tick
+
+    def abort(self, key: int) -> SeqState[P] | None:
+        """Remove a waiting or running request; None if it is unknown or already finished."""
+        seq = self.running.get(key)
+        if seq is not None:
+            self.finish(seq)
+            return seq
+        for i, waiting in enumerate(self.waiting):
+            if waiting.key == key:
+                del self.waiting[i]
+                return waiting
+        return None
+
+    def drain(self) -> list[SeqState[P]]:
+        """Remove every request (shutdown); the slots keep their caches."""
+        every = [*self.running.values(), *self.waiting]
+        for seq in list(self.running.values()):
+            self.finish(seq)
+        self.waiting.clear()
+        return every
+
+    def forget_prefix(self, seq: SeqState[P]) -> None:
+        """The engine could not keep the reused prefix: the sequence starts from position 0."""
+        self.cached_prompt_tokens -= seq.n_cached
+        seq.n_past = seq.n_cached = 0
+
+    def evict_idle(self) -> list[int]:
+        """Forget the cached prefixes of idle slots; their seq ids, for the engine to clear."""
+        evicted = [s.seq_id for s in self.slots if not s.busy and s.cached]
+        for seq_id in evicted:
+            self.slots[seq_id].cached = []
+        return evicted
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.running),
+            waiting=len(self.waiting),
+            prompt_tokens=self.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens,
+            generated_tokens=self.generated_tokens,
+        )
+
+    def _expire(self, now: float, step: Step[P]) -> None:
+        deadline = now - self.max_wait_seconds
+        if all(seq.arrival > deadline for seq in self.waiting):
+            return
+        keep: deque[SeqState[P]] = deque()
+        for seq in self.waiting:
+            (step.expired if seq.arrival <= deadline else keep).append(seq)
+        self.waiting = keep
+
+    def _admit(self, seq: SeqState[P], step: Step[P]) -> None:
+        slot = choose_slot(self.slots, seq.tokens)
+        assert slot is not None  # the caller checked that a slot is idle
+        reuse = min(common_prefix_length(slot.cached, seq.tokens), seq.n_prompt - 1)
+        slot.busy, slot.cached = True, []
+        seq.slot, seq.n_past, seq.n_cached = slot.seq_id, max(0, reuse), max(0, reuse)
+        self.running[seq.key] = seq
+        self.prompt_tokens += seq.n_prompt
+        self.cached_prompt_tokens += seq.n_cached
+        step.admitted.append(seq)

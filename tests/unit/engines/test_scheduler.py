@@ -1,0 +1,272 @@
+"""The scheduler without a model: hand-made prompts and sampled tokens, as the engine would feed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from qfserve.engines.scheduler import (
+    Admission,
+    Scheduler,
+    SeqState,
+    Slot,
+    Step,
+    choose_slot,
+    common_prefix_length,
+)
+from qfserve.errors import EngineUnavailable, OverloadedError
+
+Seq = SeqState[None]
+
+
+def make(n_slots: int = 2, *, chunk: int = 8, wait: float = 10.0) -> Scheduler[None]:
+    return Scheduler(n_slots=n_slots, max_wait_seconds=wait, prefill_chunk=chunk)
+
+
+def seq(key: int, prompt: list[int], arrival: float = 0.0) -> Seq:
+    return SeqState(key, list(prompt), arrival, None)
+
+
+def fed(step: Step[None]) -> dict[int, int]:
+    return {s.key: n for s, n in step.chunks}
+
+
+def run_step(sched: Scheduler[None], now: float = 0.0) -> Step[None]:
+    """Schedule, pretend the decode succeeded, and sample token 100 + key where logits came out."""
+    step = sched.schedule(now)
+    wants = [s for s, n in step.chunks if s.n_past + n == len(s.tokens)]
+    sched.advance(step)
+    for s in wants:
+        sched.append(s, 100 + s.key)
+    return step
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+
+
+def test_common_prefix_length() -> None:
+    assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_length([], [1]) == 0
+    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+
+
+def test_choose_slot_prefers_longest_shared_prefix() -> None:
+    slots = [Slot(0, [1, 2], last_used=1), Slot(1, [1, 2, 3, 4], last_used=5), Slot(2, [9])]
+    assert choose_slot(slots, [1, 2, 3, 9]) is slots[1]
+
+
+def test_choose_slot_falls_back_to_least_recently_used() -> None:
+    slots = [Slot(0, [5], last_used=3), Slot(1, [6], last_used=1), Slot(2, [7], last_used=2)]
+    assert choose_slot(slots, [1, 2]) is slots[1]
+
+
+def test_choose_slot_skips_busy_slots() -> None:
+    slots = [Slot(0, [1, 2, 3], busy=True), Slot(1, [], last_used=4)]
+    assert choose_slot(slots, [1, 2, 3]) is slots[1]
+    slots[1].busy = True
+    assert choose_slot(slots, [1]) is None
+
+
+# -- admission ------------------------------------------------------------------------------------
+
+
+def test_admission_refuses_past_capacity_and_after_close() -> None:
+    gate = Admission(2)
+    handed: list[int] = []
+    gate.enter(lambda: handed.append(1))
+    gate.enter()
+    with pytest.raises(OverloadedError):
+        gate.enter(lambda: handed.append(3))
+    assert handed == [1]
+    gate.leave()
+    gate.enter()
+    gate.close()
+    with pytest.raises(EngineUnavailable):
+        gate.enter()
+    assert gate.in_flight == 2
+
+
+def test_admission_counts_correctly_across_threads() -> None:
+    gate = Admission(10_000)
+
+    def worker() -> None:
+        for _ in range(1000):
+            gate.enter()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gate.in_flight == 4000
+
+
+# -- scheduling -----------------------------------------------------------------------------------
+
+
+def test_requests_wait_for_a_free_slot_first_come_first_served() -> None:
+    sched = make(n_slots=1)
+    a, b = seq(1, [1, 2]), seq(2, [3, 4])
+    sched.add(a)
+    sched.add(b)
+    step = sched.schedule(0.0)
+    assert step.admitted == [a] and list(sched.waiting) == [b]
+    sched.finish(a)
+    assert sched.schedule(0.0).admitted == [b]
+
+
+def test_prefill_is_chunked_and_decoding_streams_keep_flowing() -> None:
+    sched = make(n_slots=3, chunk=4)
+    short = seq(1, [1, 2])
+    sched.add(short)
+    run_step(sched)  # prompt fed whole, first token sampled
+    long_a, long_b = seq(2, list(range(10, 20))), seq(3, list(range(30, 36)))
+    sched.add(long_a)
+    sched.add(long_b)
+    # The generating sequence feeds one token outside the budget; the oldest prompt takes the rest.
+    assert fed(run_step(sched)) == {1: 1, 2: 4}
+    assert fed(run_step(sched)) == {1: 1, 2: 4}
+    assert fed(run_step(sched)) == {1: 1, 2: 2, 3: 2}
+    assert long_a.n_generated == 1 and long_b.n_generated == 0
+    assert fed(run_step(sched)) == {1: 1, 2: 1, 3: 4}
+    assert long_b.n_generated == 1
+
+
+def test_logits_only_at_the_end_of_known_tokens() -> None:
+    sched = make(n_slots=1, chunk=3)
+    s = seq(1, [1, 2, 3, 4, 5])
+    sched.add(s)
+    run_step(sched)
+    assert s.n_past == 3 and s.n_generated == 0
+    run_step(sched)
+    assert s.n_past == 5 and s.tokens[-1] == 101
+    run_step(sched)
+    assert s.n_past == 6 and s.n_generated == 2
+
+
+def test_prefix_cache_reuses_shared_prefix_but_redecodes_last_prompt_token() -> None:
+    sched = make(n_slots=2, chunk=64)
+    first = seq(1, [1, 2, 3, 4])
+    sched.add(first)
+    for _ in range(3):
+        run_step(sched)
+    sched.finish(first)
+    # The KV cache holds the prompt and the answer but the last sampled token (never fed).
+    assert first.tokens == [1, 2, 3, 4, 101, 101, 101]
+    assert sched.slots[first.slot].cached == [1, 2, 3, 4, 101, 101]
+
+    follow_up = seq(2, [1, 2, 3, 4, 101, 101, 101, 7, 8])
+    sched.add(follow_up)
+    step = run_step(sched)
+    assert follow_up.slot == first.slot
+    assert follow_up.n_cached == 6 and fed(step) == {2: 3}
+
+    same = seq(3, [1, 2, 3, 4])  # identical to a cached prompt: the last token is decoded again
+    sched.finish(follow_up)
+    sched.add(same)
+    step = run_step(sched)
+    assert same.n_cached == 3 and fed(step) == {3: 1}
+    stats = sched.stats()
+    assert (stats.prompt_tokens, stats.cached_prompt_tokens) == (4 + 9 + 4, 6 + 3)
+
+
+def test_unrelated_prompt_takes_the_least_recently_used_slot() -> None:
+    sched = make(n_slots=2)
+    a, b = seq(1, [1, 2, 3]), seq(2, [4, 5, 6])
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)
+    sched.finish(b)
+    sched.finish(a)  # a's slot is now the most recently used
+    c = seq(3, [9, 9])
+    sched.add(c)
+    sched.schedule(0.0)
+    assert c.slot == b.slot and c.n_cached == 0
+
+
+def test_waiting_requests_expire_after_the_deadline() -> None:
+    sched = make(n_slots=1, wait=5.0)
+    running, old, young = seq(1, [1], 0.0), seq(2, [2], 1.0), seq(3, [3], 4.0)
+    for s in (running, old, young):
+        sched.add(s)
+    assert sched.schedule(2.0).expired == []
+    step = sched.schedule(6.5)
+    assert step.expired == [old] and list(sched.waiting) == [young]
+    assert running.key in sched.running
+
+
+def test_abort_is_idempotent_for_waiting_running_and_unknown() -> None:
+    sched = make(n_slots=1)
+    a, b = seq(1, [1, 2]), seq(2, [3])
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)
+    assert sched.abort(2) is b and not sched.waiting
+    assert sched.abort(2) is None
+    assert sched.abort(1) is a and not sched.running
+    assert sched.abort(1) is None and sched.abort(99) is None
+    # An aborted sequence leaves what it had decoded in the cache.
+    assert sched.slots[0].cached == [1, 2] and not sched.slots[0].busy
+
+
+def test_finish_is_idempotent_and_can_drop_the_cache() -> None:
+    sched = make(n_slots=1)
+    a = seq(1, [1, 2])
+    sched.add(a)
+    run_step(sched)
+    sched.finish(a, keep_cache=False)
+    sched.finish(a)
+    assert sched.slots[0].cached == [] and not sched.has_work
+
+
+def test_forget_prefix_restarts_the_sequence() -> None:
+    sched = make(n_slots=1)
+    a = seq(1, [1, 2, 3])
+    sched.add(a)
+    run_step(sched)
+    sched.finish(a)
+    b = seq(2, [1, 2, 3, 4])
+    sched.add(b)
+    sched.schedule(0.0)
+    assert b.n_cached == 3
+    sched.forget_prefix(b)
+    assert (b.n_past, b.n_cached, sched.cached_prompt_tokens) == (0, 0, 0)
+
+
+def test_evict_idle_and_drain() -> None:
+    sched = make(n_slots=2)
+    a, b, c = seq(1, [1, 2]), seq(2, [3, 4]), seq(3, [5])
+    for s in (a, b, c):
+        sched.add(s)
+    run_step(sched)
+    sched.finish(a)
+    assert sched.evict_idle() == [a.slot]
+    assert sched.evict_idle() == []
+    assert sched.drain() == [b, c]
+    assert not sched.has_work and sched.stats().running == 0
+
+
+def test_stats_count_generated_tokens() -> None:
+    sched = make(n_slots=2)
+    sched.add(seq(1, [1]))
+    sched.add(seq(2, [2]))
+    sched.add(seq(3, [3]))
+    for _ in range(3):
+        run_step(sched)
+    stats = sched.stats()
+    assert (stats.running, stats.waiting, stats.generated_tokens) == (2, 1, 6)
+
+
+def test_empty_prompt_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        make().add(seq(1, []))
+
+
+def test_admission_wait_idle() -> None:
+    gate = Admission(4)
+    assert gate.wait_idle(0.0)
+    gate.enter()
+    assert not gate.wait_idle(0.01)
+    threading.Timer(0.05, gate.leave).start()
+    assert gate.wait_idle(5.0)
