@@ -33,10 +33,16 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     Call only after the request body has been read: every message left is then a disconnect.
     """
     outcome: list[T] = []
+    failure: list[Exception] = []
     async with anyio.create_task_group() as group:
 
         async def run() -> None:
-            outcome.append(await work)
+            # The work's own error is re-raised as itself below, not wrapped in the task
+            # group's ExceptionGroup: callers answer it by its type.
+            try:
+                outcome.append(await work)
+            except Exception as exc:
+                failure.append(exc)
             group.cancel_scope.cancel()
 
         async def watch() -> None:
@@ -46,6 +52,8 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 
         group.start_soon(run)
         group.start_soon(watch)
+    if failure:
+        raise failure[0]
     if not outcome:
         raise ClientGone()
     return outcome[0]
