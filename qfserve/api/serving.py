@@ -142,7 +142,8 @@ class ChatServing:
         # rounds until it does; a lone question too long for that is the client's error.
         context = engine.info.context_length
         while kept is not None:
-            prompt = engine.tokenize(template.render(kept, system))
+            prompt_text = template.render(kept, system)
+            prompt = engine.tokenize(prompt_text)
             if len(prompt) + sampling.max_tokens <= context:
                 break
             kept = drop_oldest_round(kept)
@@ -151,7 +152,10 @@ class ChatServing:
                 f"the prompt and max_output_tokens ({sampling.max_tokens}) exceed the model's "
                 f"context of {context} tokens"
             )
-        generation = GenerationRequest(request_id, prompt, sampling)
+        # The rendered prompt for engines that take token ids or text; the kept conversation for
+        # remote engines, whose upstreams apply their own model's template.
+        turns = ((("system", system),) if system else ()) + tuple((m.role, m.content) for m in kept)
+        generation = GenerationRequest(request_id, prompt, sampling, turns, prompt_text)
         guard = StreamGuard(self._moderators.moderator) if self._moderators else None
         return PreparedChat(engine, generation, self._metrics.clock(endpoint.name), guard)
 
@@ -196,6 +200,7 @@ class ChatServing:
         """The whole answer. Cancelling this (client gone) aborts the generation."""
         parts: list[str] = []
         tokens = 0
+        prompt_tokens = chat.prompt_tokens
         finish: FinishReason = "stop"
         async with _closing(chat.engine.generate(chat.generation)) as generated:
             async for delta in self._moderated(chat, generated):
@@ -203,10 +208,12 @@ class ChatServing:
                 parts.append(delta.text)
                 tokens += delta.token_count
                 finish = delta.finish_reason or finish
+                # A remote engine's upstream counts the prompt with the model's own tokenizer.
+                prompt_tokens = delta.prompt_tokens or prompt_tokens
         chat.clock.finish(tokens)
         flagged = chat.flag.hit is not None
         text = self._settings.safety.refusal if flagged else "".join(parts)
-        return Answer(text, chat.prompt_tokens, tokens, finish, flagged)
+        return Answer(text, prompt_tokens, tokens, finish, flagged)
 
     async def deltas(self, chat: PreparedChat) -> AsyncIterator[Delta]:
         """The answer as the engine produces it, through the safety guard. Closing this

@@ -35,6 +35,8 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
     sampling: SamplingParams
+    messages: tuple[tuple[str, str], ...] = ()
+    prompt_text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class Delta:
     text: str
     token_count: int
     finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

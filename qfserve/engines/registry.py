@@ -10,6 +10,7 @@ import anyio
 
 from qfserve.config import EndpointSettings, EngineSettings
 from qfserve.engines.base import Engine, EngineStats
+from qfserve.engines.remote import RemoteEngine, RemoteSettings, ReplicaStats
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,25 @@ def model_path_for(endpoint: EndpointSettings) -> Path:
     return path
 
 
+def remote_engine(endpoint: EndpointSettings) -> Engine:
+    return RemoteEngine(
+        endpoint.name,
+        RemoteSettings(
+            upstreams=tuple(endpoint.upstreams),
+            model=endpoint.model,
+            api_key=endpoint.upstream_api_key,
+            context_length=endpoint.context_length,
+            tokenizer=endpoint.tokenizer,
+            connect_timeout=endpoint.connect_timeout_seconds,
+            first_token_timeout=endpoint.first_token_timeout_seconds,
+            read_timeout=endpoint.read_timeout_seconds,
+            health_interval=endpoint.health_interval_seconds,
+            health_timeout=endpoint.health_timeout_seconds,
+            max_connections=endpoint.max_connections,
+        ),
+    )
+
+
 class EngineRegistry:
     """Endpoint name to engine. Started and closed by the server's lifespan."""
 
@@ -51,35 +71,62 @@ class EngineRegistry:
         from qfserve.engines.llamacpp import LlamaCppEngine
 
         engines: dict[str, Engine] = {}
+        # Endpoints naming the same GGUF share one embedded engine (one copy of the weights).
+        embedded: dict[Path, Engine] = {}
         for endpoint in endpoints:
-            path = model_path_for(endpoint)
-            engines[endpoint.name] = LlamaCppEngine(engine_settings, str(path), endpoint.name)
+            if endpoint.engine == "remote":
+                engines[endpoint.name] = remote_engine(endpoint)
+                continue
+            path = model_path_for(endpoint).resolve()
+            if path not in embedded:
+                embedded[path] = LlamaCppEngine(engine_settings, str(path), endpoint.name)
+            engines[endpoint.name] = embedded[path]
         return cls(engines)
 
     def get(self, name: str) -> Engine | None:
         return self._engines.get(name)
 
+    def unique(self) -> dict[str, Engine]:
+        """One entry per engine (endpoints may share an embedded one), under its first name."""
+        seen: dict[int, str] = {}
+        for name, engine in self._engines.items():
+            seen.setdefault(id(engine), name)
+        return {name: self._engines[name] for name in seen.values()}
+
     def stats(self) -> dict[str, EngineStats]:
-        return {name: engine.stats() for name, engine in self._engines.items()}
+        return {name: engine.stats() for name, engine in self.unique().items()}
+
+    def replica_stats(self) -> dict[str, list[ReplicaStats]]:
+        """The remote engines' replicas, per endpoint."""
+        found: dict[str, list[ReplicaStats]] = {}
+        for name, engine in self.unique().items():
+            if isinstance(engine, RemoteEngine):
+                found[name] = engine.replica_stats()
+        return found
+
+    def endpoint_ready(self) -> dict[str, bool]:
+        return {name: engine.ready for name, engine in self._engines.items()}
 
     def names(self) -> list[str]:
         return list(self._engines)
 
     @property
     def ready(self) -> bool:
-        return all(engine.ready for engine in self._engines.values())
+        """Some endpoint can serve. An endpoint whose upstreams are all down does not make the
+        whole gateway unready: a load balancer would then pull every gateway at once."""
+        return any(engine.ready for engine in self._engines.values())
 
     async def start(self) -> None:
-        for name, engine in self._engines.items():
+        for engine in self.unique().values():
             await engine.start()
+        for name, engine in self._engines.items():
             info = engine.info
             bundled = Path(info.model_path).name == BUNDLED_FILE
             log.warning(
-                "endpoint %s is served by %s: %s (%s)%s",
+                "endpoint %s is served by %s (%s)%s",
                 name,
-                Path(info.model_path).name,
-                info.model_name or "unnamed model",
                 info.model_path,
+                info.model_name or "unnamed model",
                 " -- the small bundled default model, not Llama-2-7b-chat; set the endpoint's"
                 " `model` (or --model) to serve other weights"
                 if bundled
@@ -88,9 +135,9 @@ class EngineRegistry:
 
     async def drain(self, grace_seconds: float) -> None:
         async with anyio.create_task_group() as group:
-            for engine in self._engines.values():
+            for engine in self.unique().values():
                 group.start_soon(engine.drain, grace_seconds)
 
     async def close(self) -> None:
-        for engine in self._engines.values():
+        for engine in self.unique().values():
             await engine.close()

@@ -155,6 +155,7 @@ def build_router(
             return render.error_response(InternalError(), request_id)
         if answer.flagged and prepared.flag.hit is not None:
             call.safety_category = prepared.flag.hit.category
+        call.prompt_tokens = answer.prompt_tokens  # a remote upstream's own count, if it gave one
         await call.finish(0, answer.completion_tokens)
         return render.json_response(
             {

@@ -1,0 +1,302 @@
+"""`RemoteEngine`: the Engine protocol over a pool of OpenAI-compatible upstream replicas.
+
+One generation:
+1. the healthy replica with the fewest requests in flight is chosen (`pool.choose`);
+2. the chat request is POSTed with `stream: true` and read up to its first token. A connection
+   error, a timeout, a 5xx or a 429 before then sends it to another replica, each tried at most
+   once; a connection error also marks the replica down until a health check finds it up;
+3. after the first token nothing is retried (the client holds part of an answer): an upstream
+   failure ends the generator with EngineUnavailable, or InternalError for a malformed stream;
+4. the answer ends at the upstream's finish_reason or at one of our stop strings; the last delta
+   reconciles the token count with the upstream's usage when it sends one.
+
+Cancellation: closing or cancelling the generator closes the upstream response, which closes its
+connection (httpx never returns a half-read connection to the pool), so the upstream sees the
+disconnect and stops generating. `drain` and `close` end running generations by cancelling the
+read they wait in (`Call.abort`), so nothing polls.
+
+Everything runs on the event loop; `stats` and `replica_stats` only read counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import anyio
+import httpx
+
+from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, GenerationRequest
+from qfserve.engines.remote.attempt import Attempt, Call
+from qfserve.engines.remote.pool import HealthChecker, Replica, ReplicaStats, base_url, choose
+from qfserve.engines.remote.tokens import GgufVocab, estimate_tokens
+from qfserve.engines.remote.wire import (
+    CHAT_PATH,
+    AttemptFailed,
+    Chunk,
+    Failure,
+    Usage,
+    finish_reason,
+    request_body,
+)
+from qfserve.engines.stops import StopMatcher
+from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteSettings:
+    """One remote endpoint. Timeouts are in seconds."""
+
+    upstreams: tuple[str, ...]  # base URLs: "http://host:8000" (a trailing "/v1" is accepted)
+    model: str = ""  # the model name the upstreams serve; empty: the upstream's only model
+    api_key: str = ""  # sent as a Bearer token (vLLM's --api-key, llama-server's --api-key)
+    context_length: int = 4096  # the upstream model's context, for the chat layer's checks
+    tokenizer: str = ""  # a GGUF of the same model for exact token counts; empty: estimates
+    connect_timeout: float = 5.0
+    first_token_timeout: float = 60.0  # per try: queueing and prefill on the upstream
+    read_timeout: float = 30.0  # between two chunks once the answer flows
+    health_interval: float = 5.0
+    health_timeout: float = 5.0
+    max_connections: int = 256  # over all replicas; streams and health checks share them
+
+
+class RemoteEngine:
+    def __init__(
+        self,
+        name: str,
+        settings: RemoteSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
+    ) -> None:
+        if not settings.upstreams:
+            raise ValueError(f"endpoint {name}: a remote engine needs at least one upstream")
+        self._name = name
+        self._settings = settings
+        self._replicas = [Replica(base_url(url)) for url in settings.upstreams]
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            headers=headers,
+            # Reads and waits for a pooled connection are bounded by our own deadlines (first
+            # token, then per chunk), which httpx's per-operation read timeout cannot express.
+            timeout=httpx.Timeout(settings.connect_timeout, read=None, pool=None),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+                keepalive_expiry=30.0,
+            ),
+            # Upstreams are on the serving network: an HTTP(S)_PROXY meant for the internet
+            # must not capture them.
+            trust_env=False,
+        )
+        self._checker = HealthChecker(self._client, self._replicas, timeout=settings.health_timeout)
+        self._vocab: GgufVocab | None = None
+        self._info = EngineInfo(
+            name=name,
+            model_path=settings.model,
+            context_length=settings.context_length,
+            model_name=settings.model,
+            metadata={"upstreams": ",".join(r.url for r in self._replicas)},
+        )
+        self._calls: set[Call] = set()
+        self._idle = asyncio.Event()  # set while no call runs; drain waits on it
+        self._idle.set()
+        self._health_task: asyncio.Task[None] | None = None
+        self._started = self._closing = False
+        self._turn = 0  # advances per routing choice: round robin among tied replicas
+        self._prompt_tokens = self._generated_tokens = 0
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._closing and any(r.healthy for r in self._replicas)
+
+    async def start(self) -> None:
+        """Load the tokenizer if one is set, run one round of health checks (each bounded by
+        `health_timeout`), then keep checking in the background. Returns even when no replica
+        is up: `ready` says so, and a replica coming up later makes the engine ready."""
+        if self._settings.tokenizer:
+            vocab = await anyio.to_thread.run_sync(GgufVocab, self._settings.tokenizer)
+            self._vocab = vocab
+            self._info = replace(
+                self._info,
+                chat_template=vocab.metadata.get("tokenizer.chat_template"),
+                bos_token=vocab.bos_token,
+                eos_token=vocab.eos_token,
+                model_name=self._settings.model or vocab.metadata.get("general.name", ""),
+                metadata={**vocab.metadata, **self._info.metadata},
+            )
+        await self._checker.check_all()
+        self._started = True
+        self._health_task = asyncio.create_task(self._watch(), name=f"health-{self._name}")
+        up = sum(r.healthy for r in self._replicas)
+        level = logging.INFO if up else logging.WARNING
+        log.log(level, "endpoint %s: %d of %d upstreams up", self._name, up, len(self._replicas))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.health_interval)
+            try:
+                await self._checker.check_all()
+            except Exception:
+                # A bug in one round must not stop the checks: replicas would stay as they are.
+                log.exception("endpoint %s: health checks failed", self._name)
+
+    async def drain(self, grace_seconds: float) -> None:
+        self._closing = True
+        with anyio.move_on_after(grace_seconds):
+            await self._idle.wait()
+        self._abort_all()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._abort_all()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.wait([self._health_task])
+            self._health_task = None
+        await self._client.aclose()
+        if self._vocab is not None:
+            self._vocab.close()
+            self._vocab = None
+
+    def _abort_all(self) -> None:
+        for call in list(self._calls):
+            call.abort(EngineUnavailable())
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Exact with a local tokenizer; else Qianfan's estimate, placeholder ids of the right
+        count (see `tokens.estimate_token_count`)."""
+        if self._vocab is not None:
+            return self._vocab.tokenize(text, special=special)
+        if self._settings.tokenizer:
+            raise EngineUnavailable()  # configured but not loaded yet: start() not done
+        return estimate_tokens(text)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self._calls),
+            waiting=0,  # the upstreams queue; we send at once
+            prompt_tokens=self._prompt_tokens,
+            cached_prompt_tokens=0,
+            generated_tokens=self._generated_tokens,
+        )
+
+    def replica_stats(self) -> list[ReplicaStats]:
+        return [replica.snapshot() for replica in self._replicas]
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self._closing or not self._started:
+            raise EngineUnavailable()
+        path, body = request_body(self._settings.model, request)
+        call = Call(request.request_id)
+        self._calls.add(call)
+        self._idle.clear()
+        attempt: Attempt | None = None
+        stops = StopMatcher(request.sampling.stop)
+        # Token counts: `sent` reported in deltas so far, `pending` counted (one per content
+        # chunk) but held back with text the stop matcher has not released yet.
+        sent = pending = 0
+        usage: Usage | None = None
+        finish: FinishReason | None = None
+        try:
+            attempt = await self._open(call, path, body)
+            while (
+                chunk := await self._next(call, attempt, finished=finish is not None)
+            ) is not None:
+                usage = chunk.usage or usage
+                if chunk.text and finish is None:
+                    pending += 1
+                    text = stops.feed(chunk.text.encode())
+                    if text or stops.stopped:
+                        yield Delta(text, pending)
+                        sent, pending = sent + pending, 0
+                    if stops.stopped:
+                        finish = "stop"
+                        break
+                if chunk.finish_reason and finish is None:
+                    finish = finish_reason(chunk.finish_reason)
+            if finish is None:
+                if not attempt.done:
+                    cut = AttemptFailed(Failure.SERVER, "the stream ended without a finish reason")
+                    self._failed(call, attempt.replica, cut, "mid-answer")
+                    raise EngineUnavailable() from cut
+                finish = "stop"
+            await attempt.close()  # the answer is complete: free the replica before the caller
+            last = pending
+            if usage is not None and usage.completion_tokens is not None:
+                last = max(0, usage.completion_tokens - sent)
+            prompt = usage.prompt_tokens if usage is not None else None
+            sent, pending = sent + last, 0
+            yield Delta(stops.flush(), last, finish, prompt)
+        finally:
+            if attempt is not None:
+                await attempt.close()
+                known = usage.prompt_tokens if usage is not None else None
+                self._prompt_tokens += len(request.prompt_tokens) if known is None else known
+            self._generated_tokens += sent + pending
+            self._calls.discard(call)
+            if not self._calls:
+                self._idle.set()
+
+    async def _open(self, call: Call, path: str, body: dict[str, object]) -> Attempt:
+        """The first replica that streams a first token, trying each healthy one at most once."""
+        tried: list[Replica] = []
+        failures: list[AttemptFailed] = []
+        while (replica := choose(self._replicas, tried, self._turn)) is not None:
+            self._turn += 1
+            tried.append(replica)
+            attempt = Attempt(replica, chat=path == CHAT_PATH)
+            request = self._client.build_request("POST", replica.url + path, json=body)
+            deadline = anyio.current_time() + self._settings.first_token_timeout
+            opened = False
+            try:
+                await attempt.open(self._client, call, request, deadline)
+                opened = True
+                return attempt
+            except AttemptFailed as exc:
+                if exc.kind is Failure.REJECTED:
+                    # Our request is at fault, and every replica would say so.
+                    log.error("request %s: %s refused it: %s", call.request_id, replica.url, exc)
+                    raise InternalError() from exc
+                self._failed(call, replica, exc, "before the first token")
+                failures.append(exc)
+            finally:
+                if not opened:
+                    await attempt.close()
+        if any(f.kind is Failure.BUSY for f in failures):
+            # Some replica is alive but full: waiting and retrying is the right advice.
+            raise OverloadedError()
+        log.warning("request %s: no upstream could answer (%d tried)", call.request_id, len(tried))
+        raise EngineUnavailable()
+
+    async def _next(self, call: Call, attempt: Attempt, *, finished: bool) -> Chunk | None:
+        deadline = anyio.current_time() + self._settings.read_timeout
+        try:
+            return await attempt.next(call, deadline)
+        except AttemptFailed as exc:
+            if finished:
+                # The answer is whole; only the trailing usage chunk was lost.
+                log.info(
+                    "request %s: no usage from %s: %s", call.request_id, attempt.replica.url, exc
+                )
+                return None
+            self._failed(call, attempt.replica, exc, "mid-answer")
+            if exc.kind is Failure.PROTOCOL:
+                raise InternalError() from exc
+            raise EngineUnavailable() from exc
+
+    def _failed(self, call: Call, replica: Replica, exc: AttemptFailed, when: str) -> None:
+        replica.failures += 1
+        if exc.kind is Failure.CONNECT:
+            replica.mark(False, exc.detail)
+        log.warning(
+            "request %s: upstream %s failed %s: %s", call.request_id, replica.url, when, exc
+        )

@@ -1,0 +1,168 @@
+"""The OpenAI-compatible wire: request bodies, streamed chunks, and httpx's exceptions translated.
+
+Upstreams differ in small ways absorbed here:
+- usage: vLLM, SGLang and llama-server end the stream with a chunk carrying `usage` and no
+  choices when asked with `stream_options.include_usage`; llama-cpp-python's server ignores the
+  option, so the answer's token count stays the engine's estimate.
+- the repetition penalty: vLLM and SGLang read `repetition_penalty`, llama.cpp's servers
+  `repeat_penalty`; each ignores the other's name, so both are sent.
+- errors after the headers: vLLM reports them as a `data: {"error": ...}` event, not a status.
+
+Everything httpx can raise becomes an `AttemptFailed` in `translate`, so the engine decides
+between failover and an error for the client from one `Failure` kind, never from httpx's types.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from qfserve.engines.base import FinishReason, GenerationRequest
+from qfserve.errors import InternalError
+
+CHAT_PATH: Final = "/v1/chat/completions"
+COMPLETIONS_PATH: Final = "/v1/completions"
+
+
+class Failure(enum.Enum):
+    """Why one try on one replica failed; the engine's policy keys on this alone."""
+
+    CONNECT = "connect"  # refused, reset, cut: the replica may be gone (it is marked down)
+    TIMEOUT = "timeout"  # no first token, or no next chunk, in time
+    SERVER = "server"  # 5xx, or an error event in the stream
+    BUSY = "busy"  # 429: the replica is alive but full
+    REJECTED = "rejected"  # another 4xx: every replica would refuse it, so no failover
+    PROTOCOL = "protocol"  # a body that is not the OpenAI streaming format
+
+
+class AttemptFailed(Exception):
+    def __init__(self, kind: Failure, detail: str) -> None:
+        super().__init__(f"{kind.value}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One streamed event's worth of answer: any of the three parts may be absent."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class _Done:
+    """The `data: [DONE]` line: the upstream finished the stream on purpose."""
+
+
+DONE: Final = _Done()
+
+
+def request_body(model: str, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+    """The path and JSON body for one generation: chat messages when the request has them, else
+    the already rendered prompt text on the completions route."""
+    sampling = request.sampling
+    body: dict[str, Any] = {
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    if model:
+        body["model"] = model
+    if sampling.top_k > 0:
+        body["top_k"] = sampling.top_k
+    if sampling.repeat_penalty != 1.0:
+        body["repeat_penalty"] = body["repetition_penalty"] = sampling.repeat_penalty
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if request.messages:
+        body["messages"] = [{"role": role, "content": text} for role, text in request.messages]
+        return CHAT_PATH, body
+    if request.prompt_text:
+        body["prompt"] = request.prompt_text
+        return COMPLETIONS_PATH, body
+    # Token ids alone cannot be sent: they are our tokenizer's, and may be estimates.
+    raise InternalError("a remote engine needs the request's messages or prompt text")
+
+
+def finish_reason(upstream: str) -> FinishReason:
+    # "length" is the only reason the chat layer treats differently; "eos", "stop_sequence",
+    # "tool_calls" and the like all mean the model stopped on its own.
+    return "length" if upstream == "length" else "stop"
+
+
+def parse_line(line: str, *, chat: bool) -> Chunk | _Done | None:
+    """One line of the event stream: a chunk, DONE, or None for lines that carry nothing
+    (blank separators, `: ping` comments, `event:` and `id:` fields)."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return DONE
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise AttemptFailed(Failure.PROTOCOL, f"not JSON: {payload[:200]!r}") from exc
+    if not isinstance(event, dict):
+        raise AttemptFailed(Failure.PROTOCOL, f"not an object: {payload[:200]!r}")
+    if "error" in event or event.get("object") == "error":
+        raise AttemptFailed(Failure.SERVER, f"error event: {payload[:500]}")
+    text, reason = "", None
+    choices = event.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        part = choice.get("delta") if chat else choice
+        content = part.get("content" if chat else "text") if isinstance(part, dict) else None
+        text = content if isinstance(content, str) else ""
+        reason = choice.get("finish_reason")
+        reason = reason if isinstance(reason, str) else None
+    usage = event.get("usage")
+    return Chunk(text, reason, _usage(usage) if isinstance(usage, dict) else None)
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    def count(key: str) -> int | None:
+        value = usage.get(key)
+        return value if isinstance(value, int) and value >= 0 else None
+
+    return Usage(count("prompt_tokens"), count("completion_tokens"))
+
+
+def status_failure(status: int, body: str) -> AttemptFailed:
+    """The failure a non-2xx answer to the generation request stands for."""
+    detail = f"HTTP {status}: {body[:500]}"
+    if status == 429:
+        return AttemptFailed(Failure.BUSY, detail)
+    if status >= 500:
+        return AttemptFailed(Failure.SERVER, detail)
+    return AttemptFailed(Failure.REJECTED, detail)
+
+
+def translate(exc: httpx.HTTPError | httpx.StreamError) -> AttemptFailed:
+    """httpx's exceptions, most specific first (its tree: `httpx/_exceptions.py`)."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | httpx.UnsupportedProtocol):
+        return AttemptFailed(Failure.CONNECT, detail)
+    if isinstance(exc, httpx.TimeoutException):
+        return AttemptFailed(Failure.TIMEOUT, detail)
+    # A connection that broke after it was made (reset, peer closed mid-body, truncated
+    # chunked encoding): most often the replica's process died.
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError):
+        return AttemptFailed(Failure.CONNECT, detail)
+    # Bad content encoding, redirects, a closed or consumed stream, an invalid URL: not the
+    # OpenAI streaming format we asked for.
+    return AttemptFailed(Failure.PROTOCOL, detail)

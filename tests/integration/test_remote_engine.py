@@ -1,0 +1,674 @@
+"""The remote engine: against an in-process fake upstream (httpx.MockTransport) for the faults
+that cannot be made real on demand, then against two real `python -m llama_cpp.server` replicas.
+
+The fake-upstream tests need no model and run in well under a second each; the real ones are
+marked `model` and `slow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from qfserve.engines.base import Delta, GenerationRequest, SamplingParams
+from qfserve.engines.registry import bundled_model_path
+from qfserve.engines.remote import RemoteEngine, RemoteSettings
+from qfserve.engines.remote.pool import Replica, base_url, choose
+from qfserve.engines.remote.tokens import estimate_token_count
+from qfserve.engines.remote.wire import Failure, request_body, translate
+from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
+from tests.llama_servers import LlamaServer
+from tests.servers import free_port
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def chat(max_tokens: int = 8, stop: tuple[str, ...] = (), **sampling: Any) -> GenerationRequest:
+    return GenerationRequest(
+        "req",
+        [1, 2, 3],
+        SamplingParams(max_tokens=max_tokens, stop=stop, **sampling),
+        messages=(("system", "Be brief."), ("user", "Say hello.")),
+    )
+
+
+async def collect(engine: RemoteEngine, request: GenerationRequest) -> list[Delta]:
+    generator = engine.generate(request)
+    try:
+        return [delta async for delta in generator]
+    finally:
+        await generator.aclose()  # type: ignore[attr-defined]
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(d.text for d in deltas)
+
+
+# -- the fake upstream -----------------------------------------------------------------------
+
+
+class _Body(httpx.AsyncByteStream):
+    """A streamed body that tells the fake when the client closed it."""
+
+    def __init__(self, fake: FakeUpstream, host: str, parts: AsyncIterator[bytes]) -> None:
+        self._fake, self._host, self._parts = fake, host, parts
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._parts:
+            yield part
+
+    async def aclose(self) -> None:
+        self._fake.closed[self._host] = self._fake.closed.get(self._host, 0) + 1
+        await self._parts.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass
+class FakeUpstream:
+    """Replicas keyed by host, each doing as `behaviors` says (default "ok"):
+    ok, 503, 429, 400, refuse (connection refused), hang (no headers), die (cut after the first
+    chunk), gated (waits on `gate` after the first chunk), error_event (a vLLM-style error)."""
+
+    behaviors: dict[str, str] = field(default_factory=dict)
+    chunks: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
+    usage: dict[str, int] | None = field(
+        default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 3}
+    )
+    finish: str = "stop"
+    health: dict[str, int] = field(default_factory=dict)  # "host/path": status
+    posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    gets: list[str] = field(default_factory=list)
+    closed: dict[str, int] = field(default_factory=dict)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def served(self, host: str) -> int:
+        return sum(1 for h, _, _ in self.posts if h == host)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        behavior = self.behaviors.get(host, "ok")
+        if behavior == "refuse":
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.method == "GET":
+            self.gets.append(f"{host}{request.url.path}")
+            return httpx.Response(self.health.get(f"{host}{request.url.path}", 200), json={})
+        body = json.loads(request.content)
+        self.posts.append((host, request.url.path, body))
+        if behavior in ("503", "429", "400"):
+            return httpx.Response(int(behavior), json={"error": behavior})
+        if behavior == "hang":
+            await asyncio.sleep(3600)
+        events = self._events(behavior, chat=request.url.path.endswith("/chat/completions"))
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=_Body(self, host, events)
+        )
+
+    async def _events(self, behavior: str, *, chat: bool) -> AsyncIterator[bytes]:
+        def event(payload: object) -> bytes:
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        if behavior == "error_event":
+            yield event({"error": {"message": "engine died", "code": 500}})
+            return
+        yield b": ping\n\n"
+        if chat:
+            yield event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+        for n, text in enumerate(self.chunks):
+            part = {"delta": {"content": text}} if chat else {"text": text}
+            yield event({"choices": [{"index": 0, **part, "finish_reason": None}]})
+            if n == 0 and behavior == "die":
+                raise httpx.ReadError("connection reset by peer")
+            if n == 0 and behavior == "gated":
+                await self.gate.wait()
+        done: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
+        yield event({"choices": [{"index": 0, **done, "finish_reason": self.finish}]})
+        if self.usage is not None:
+            yield event({"choices": [], "usage": self.usage})
+        yield b"data: [DONE]\n\n"
+
+
+async def started(fake: FakeUpstream, *hosts: str, **settings: Any) -> RemoteEngine:
+    upstreams = tuple(f"http://{host}:8000" for host in hosts or ("a", "b"))
+    options: dict[str, Any] = {"model": "m", "health_interval": 3600.0, **settings}
+    engine = RemoteEngine(
+        "remote", RemoteSettings(upstreams=upstreams, **options), transport=fake.transport()
+    )
+    await engine.start()
+    return engine
+
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def test_choose_least_outstanding_then_round_robin() -> None:
+    a, b, c = Replica("a", healthy=True), Replica("b", healthy=True), Replica("c", healthy=True)
+    assert [choose([a, b, c], [], turn) for turn in range(4)] == [a, b, c, a]
+    a.outstanding, b.outstanding, c.outstanding = 2, 1, 1
+    assert choose([a, b, c], [], 0) is b
+    assert choose([a, b, c], [], 1) is c
+    assert choose([a, b, c], [b, c], 0) is a
+    c.healthy = False
+    assert choose([a, b, c], [b], 5) is a
+    assert choose([a, b, c], [a, b], 0) is None
+
+
+def test_base_url_accepts_v1_and_slashes() -> None:
+    assert base_url("http://h:8000/v1/") == "http://h:8000"
+    assert base_url(" http://h:8000/ ") == "http://h:8000"
+
+
+def test_request_body_maps_sampling_and_messages() -> None:
+    request = chat(
+        max_tokens=5, stop=("###",), temperature=0.2, top_k=7, repeat_penalty=1.2, seed=3
+    )
+    path, body = request_body("llama", request)
+    assert path == "/v1/chat/completions"
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hello."},
+    ]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert (body["model"], body["max_tokens"], body["temperature"]) == ("llama", 5, 0.2)
+    assert (body["top_k"], body["stop"], body["seed"]) == (7, ["###"], 3)
+    assert body["repeat_penalty"] == body["repetition_penalty"] == 1.2
+    plain = GenerationRequest("r", [1], SamplingParams(max_tokens=1), prompt_text="<s>hi")
+    path, body = request_body("", plain)
+    assert path == "/v1/completions" and body["prompt"] == "<s>hi" and "model" not in body
+    assert "repeat_penalty" not in body  # 1.0 means off: not sent
+    with pytest.raises(InternalError):
+        request_body("m", GenerationRequest("r", [1], SamplingParams(max_tokens=1)))
+
+
+def test_every_httpx_exception_is_translated() -> None:
+    request = httpx.Request("GET", "http://h")
+    expected = {
+        httpx.ConnectError: Failure.CONNECT,
+        httpx.ConnectTimeout: Failure.CONNECT,
+        httpx.ReadTimeout: Failure.TIMEOUT,
+        httpx.PoolTimeout: Failure.TIMEOUT,
+        httpx.ReadError: Failure.CONNECT,
+        httpx.RemoteProtocolError: Failure.CONNECT,
+        httpx.DecodingError: Failure.PROTOCOL,
+        httpx.StreamClosed: Failure.PROTOCOL,
+    }
+    classes: list[type[Any]] = [
+        c
+        for c in vars(httpx).values()
+        if isinstance(c, type) and issubclass(c, httpx.HTTPError | httpx.StreamError)
+    ]
+    assert len(classes) > 20
+    for cls in classes:
+        make: Any = cls
+        if cls is httpx.HTTPStatusError:
+            exc = make("x", request=request, response=httpx.Response(500))
+        elif issubclass(cls, httpx.StreamError) and cls is not httpx.StreamError:
+            exc = make()  # its subclasses write their own message
+        else:
+            exc = make("x")
+        kind = translate(exc).kind
+        assert kind is expected.get(cls, kind), cls
+
+
+def test_estimate_is_qianfans_rule() -> None:
+    assert estimate_token_count("") == 0
+    assert estimate_token_count("你好，世界") == 4
+    assert estimate_token_count("hello big world") == 4  # 3 words x 1.3, rounded up
+    assert estimate_token_count("你好 world!") == 4
+
+
+# -- against the fake upstream ---------------------------------------------------------------
+
+
+def test_idle_requests_go_round_robin() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        engine = await started(fake)
+        try:
+            for _ in range(4):
+                assert text_of(await collect(engine, chat())) == "Hello world"
+        finally:
+            await engine.close()
+        assert (fake.served("a"), fake.served("b")) == (2, 2)
+        assert [r.requests for r in engine.replica_stats()] == [2, 2]
+
+    run(scenario())
+
+
+def test_busy_replica_is_avoided() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "gated", "b": "gated"})
+        engine = await started(fake)
+        try:
+            first = engine.generate(chat())
+            assert (await anext(first)).text == "Hel"
+            busy = [r.url for r in engine.replica_stats() if r.outstanding]
+            second = engine.generate(chat())
+            await anext(second)
+            assert [r.outstanding for r in engine.replica_stats()] == [1, 1]
+            assert fake.posts[0][0] != fake.posts[1][0], busy
+            fake.gate.set()
+            rest = [d async for d in first] + [d async for d in second]
+            assert text_of(rest) == "lo worldlo world"
+            assert engine.stats().running == 0
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_failover_on_503_before_the_first_token() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "503"})
+        engine = await started(fake)
+        try:
+            deltas = await collect(engine, chat())
+            a, b = engine.replica_stats()
+        finally:
+            await engine.close()
+        assert text_of(deltas) == "Hello world"
+        assert [h for h, _, _ in fake.posts] == ["a", "b"]
+        assert (a.failures, a.healthy, b.requests) == (1, True, 1)  # a 5xx is not a dead replica
+
+    run(scenario())
+
+
+def test_connection_error_fails_over_and_marks_the_replica_down() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        engine = await started(fake)
+        fake.behaviors["a"] = "refuse"  # up at the health check, gone by the request
+        try:
+            assert text_of(await collect(engine, chat())) == "Hello world"
+            assert [r.healthy for r in engine.replica_stats()] == [False, True]
+            assert text_of(await collect(engine, chat())) == "Hello world"
+            assert engine.replica_stats()[0].requests == 1  # not tried again while down
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_error_event_before_the_first_token_fails_over() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "error_event"})
+        engine = await started(fake)
+        try:
+            assert text_of(await collect(engine, chat())) == "Hello world"
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_no_first_token_in_time_fails_over() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "hang"})
+        engine = await started(fake, first_token_timeout=0.2)
+        try:
+            began = time.monotonic()
+            assert text_of(await collect(engine, chat())) == "Hello world"
+            assert time.monotonic() - began < 2
+            assert engine.replica_stats()[0].outstanding == 0
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("behaviors", "error"),
+    [
+        ({"a": "429", "b": "429"}, OverloadedError),
+        ({"a": "503", "b": "429"}, OverloadedError),
+        ({"a": "503", "b": "refuse"}, EngineUnavailable),
+        ({"a": "400"}, InternalError),  # our request is at fault: not sent elsewhere
+    ],
+)
+def test_when_no_replica_answers(behaviors: dict[str, str], error: type[Exception]) -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        engine = await started(fake)
+        fake.behaviors.update(behaviors)
+        try:
+            with pytest.raises(error):
+                await collect(engine, chat())
+        finally:
+            await engine.close()
+        if error is InternalError:
+            assert fake.served("b") == 0
+
+    run(scenario())
+
+
+def test_failure_after_the_first_token_ends_with_an_error() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "die"})
+        engine = await started(fake)
+        got: list[Delta] = []
+        try:
+            with pytest.raises(EngineUnavailable):
+                async for delta in engine.generate(chat()):
+                    got.append(delta)
+        finally:
+            await engine.close()
+        assert text_of(got) == "Hel"
+        assert fake.served("b") == 0  # the client holds part of an answer: no retry
+        assert engine.replica_stats()[0].failures == 1
+
+    run(scenario())
+
+
+def test_usage_reconciles_the_token_counts() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(usage={"prompt_tokens": 11, "completion_tokens": 5})
+        engine = await started(fake)
+        try:
+            deltas = await collect(engine, chat())
+            assert sum(d.token_count for d in deltas) == 5
+            assert deltas[-1].prompt_tokens == 11 and deltas[-1].finish_reason == "stop"
+            assert (engine.stats().prompt_tokens, engine.stats().generated_tokens) == (11, 5)
+
+            fake.usage = {"prompt_tokens": 11, "completion_tokens": 1}  # fewer than the chunks
+            deltas = await collect(engine, chat())
+            assert [d.token_count for d in deltas] == [1, 1, 1, 0]  # never negative
+
+            fake.usage = None  # llama-cpp-python's server: no usage in streams
+            deltas = await collect(engine, chat())
+            assert sum(d.token_count for d in deltas) == 3 and deltas[-1].prompt_tokens is None
+            assert engine.stats().prompt_tokens == 11 + 11 + 3  # len(prompt_tokens) at last
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_stop_strings_and_finish_reasons() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(chunks=["Hello", " ST", "OP", " more"], usage=None, finish="length")
+        engine = await started(fake, "a")
+        try:
+            deltas = await collect(engine, chat(stop=("STOP",)))
+            assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello ", "stop")
+            assert sum(d.token_count for d in deltas) == 3
+            assert fake.closed == {"a": 1}  # the upstream was not read to the end
+            deltas = await collect(engine, chat())
+            assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello STOP more", "length")
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_completions_route_when_only_prompt_text() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        engine = await started(fake, "a")
+        request = GenerationRequest("g", [1], SamplingParams(max_tokens=4), prompt_text="Q: hi")
+        try:
+            assert text_of(await collect(engine, request)) == "Hello world"
+        finally:
+            await engine.close()
+        assert fake.posts[0][1] == "/v1/completions"
+
+    run(scenario())
+
+
+def test_closing_or_cancelling_the_generator_closes_the_upstream_stream() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "gated"})
+        engine = await started(fake, "a")
+        try:
+            generator = engine.generate(chat())
+            await anext(generator)
+            assert engine.replica_stats()[0].outstanding == 1
+            await generator.aclose()  # type: ignore[attr-defined]
+            assert fake.closed == {"a": 1}
+            assert engine.replica_stats()[0].outstanding == 0 and engine.stats().running == 0
+
+            async def consume() -> None:
+                async for _ in engine.generate(chat()):
+                    pass
+
+            task = asyncio.create_task(consume())
+            while engine.replica_stats()[0].outstanding == 0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # now waiting on the gated stream
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert fake.closed == {"a": 2} and engine.stats().running == 0
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_drain_refuses_new_requests_and_ends_running_ones() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "gated"})
+        engine = await started(fake, "a")
+        try:
+            generator = engine.generate(chat())
+            await anext(generator)
+            began = time.monotonic()
+            drained = asyncio.create_task(engine.drain(0.2))
+            with pytest.raises(EngineUnavailable):
+                await anext(generator)
+            await drained
+            assert 0.15 < time.monotonic() - began < 2
+            assert not engine.ready
+            with pytest.raises(EngineUnavailable):
+                await collect(engine, chat())
+            assert fake.closed == {"a": 1}
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_health_checks() -> None:
+    async def scenario() -> None:
+        # a: llama-cpp-python (no /health); b: refuses; c: a llama-server still loading (503).
+        fake = FakeUpstream(behaviors={"b": "refuse"}, health={"a/health": 404, "c/health": 503})
+        engine = await started(fake, "a", "b", "c", health_interval=0.05)
+        try:
+            assert engine.ready
+            assert [r.healthy for r in engine.replica_stats()] == [True, False, False]
+            assert "a/v1/models" in fake.gets
+            fake.behaviors["a"] = "refuse"
+            fake.health["c/health"] = 200
+            for _ in range(100):
+                if [r.healthy for r in engine.replica_stats()] == [False, False, True]:
+                    break
+                await asyncio.sleep(0.02)
+            assert [r.healthy for r in engine.replica_stats()] == [False, False, True]
+        finally:
+            await engine.close()
+
+        none_up = await started(FakeUpstream(behaviors={"a": "refuse"}), "a")
+        try:
+            assert not none_up.ready  # start() returned all the same
+            with pytest.raises(EngineUnavailable):
+                await collect(none_up, chat())
+        finally:
+            await none_up.close()
+
+    run(scenario())
+
+
+@pytest.mark.model
+def test_a_local_gguf_gives_exact_token_counts_and_the_template() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        settings = RemoteSettings(upstreams=("http://a",), tokenizer=str(bundled_model_path()))
+        engine = RemoteEngine("remote", settings, transport=fake.transport())
+        with pytest.raises(EngineUnavailable):
+            engine.tokenize("not loaded yet")
+        await engine.start()
+        try:
+            assert engine.tokenize("<|im_start|>user") == [1, 4093]  # SmolLM2's vocabulary
+            assert len(engine.tokenize("<|im_start|>user", special=False)) > 2
+            info = engine.info
+            assert info.eos_token == "<|im_end|>" and "<|im_start|>" in (info.chat_template or "")
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+# -- two real llama-cpp-python servers -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaServer]]:
+    folder = tmp_path_factory.mktemp("replicas")
+    servers = [LlamaServer(folder / f"replica{n}.log") for n in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def replicas(llama_servers: list[LlamaServer]) -> list[LlamaServer]:
+    """Both replicas up, whatever an earlier test killed."""
+    for server in llama_servers:
+        if not server.alive():
+            server.port = free_port()
+            server.start()
+            server.wait_ready()
+    return llama_servers
+
+
+async def real_engine(servers: list[LlamaServer], **settings: Any) -> RemoteEngine:
+    options: dict[str, Any] = {"health_interval": 0.5, "first_token_timeout": 60.0, **settings}
+    upstreams = tuple(server.url for server in servers)
+    engine = RemoteEngine("remote", RemoteSettings(upstreams=upstreams, **options))
+    await engine.start()
+    assert engine.ready
+    return engine
+
+
+def greedy(max_tokens: int, question: str = "Say hello.") -> GenerationRequest:
+    return GenerationRequest(
+        "real",
+        [0] * 10,
+        SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=1),
+        messages=(("user", question),),
+    )
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_traffic_spreads_over_both_replicas(replicas: list[LlamaServer]) -> None:
+    before = [server.served() for server in replicas]
+
+    async def scenario() -> None:
+        engine = await real_engine(replicas)
+        try:
+            for _ in range(4):
+                deltas = await collect(engine, greedy(4))
+                assert deltas[-1].finish_reason in ("stop", "length") and text_of(deltas)
+            answers = await asyncio.gather(*(collect(engine, greedy(4)) for _ in range(4)))
+            assert all(text_of(deltas) for deltas in answers)
+            assert [r.requests for r in engine.replica_stats()] == [4, 4]
+        finally:
+            await engine.close()
+
+    run(scenario())
+    time.sleep(0.2)  # the access log line is written as the response ends
+    assert [server.served() - n for server, n in zip(replicas, before, strict=True)] == [4, 4]
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_closing_the_generator_disconnects_the_upstream(replicas: list[LlamaServer]) -> None:
+    server = replicas[0]
+
+    async def scenario() -> None:
+        engine = await real_engine([server])
+        seen = len(server.log())
+        try:
+            generator = engine.generate(greedy(400, "Write a very long story about a dragon."))
+            await anext(generator)
+            await generator.aclose()  # type: ignore[attr-defined]
+            assert engine.replica_stats()[0].outstanding == 0  # at once
+            deadline = time.monotonic() + 5
+            while "Disconnected from client" not in server.log()[seen:]:
+                assert time.monotonic() < deadline, "the upstream never saw the disconnect"
+                await asyncio.sleep(0.05)
+            # One request at a time on llama-cpp-python's server: the next one is served at
+            # once only because the abandoned 400-token answer stopped.
+            began = time.monotonic()
+            assert text_of(await collect(engine, greedy(4)))
+            assert time.monotonic() - began < 10
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_token_counts_match_the_upstreams_usage(replicas: list[LlamaServer]) -> None:
+    server = replicas[0]
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 12}
+    body |= {"temperature": 0.0, "seed": 1, "top_p": 0.9, "top_k": 40}
+    usage = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["usage"]
+
+    async def scenario() -> None:
+        engine = await real_engine([server])
+        try:
+            deltas = await collect(engine, greedy(12))
+            assert sum(d.token_count for d in deltas) == usage["completion_tokens"]
+            assert engine.stats().generated_tokens == usage["completion_tokens"]
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_requests_keep_succeeding_when_a_replica_dies(replicas: list[LlamaServer]) -> None:
+    async def scenario() -> None:
+        # No background checks: the first request after the kill must fail over by itself.
+        engine = await real_engine(replicas, health_interval=3600.0)
+        try:
+            for _ in range(2):
+                assert text_of(await collect(engine, greedy(4)))
+            replicas[1].kill()
+            for _ in range(4):
+                deltas = await collect(engine, greedy(4))
+                assert text_of(deltas) and deltas[-1].finish_reason in ("stop", "length")
+            a, b = engine.replica_stats()
+            assert (a.requests, b.requests, b.failures, b.healthy) == (5, 2, 1, False)
+        finally:
+            await engine.close()
+
+        # A fresh engine's health checks find the dead replica down, and it serves regardless.
+        engine = await real_engine(replicas, health_interval=0.2)
+        try:
+            assert [r.healthy for r in engine.replica_stats()] == [True, False]
+            assert text_of(await collect(engine, greedy(4)))
+        finally:
+            await engine.close()
+
+    run(scenario())
