@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
 from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import token_digest
 from qfserve.errors import AppUnavailable, ExpiredToken, InvalidToken, MissingToken
@@ -67,16 +69,19 @@ class TokenIssuer:
         """The app the token belongs to; raises 100, 110, 111 or 15 otherwise."""
         if not token or not _TOKEN_SHAPE.match(token):
             raise MissingToken()
+        # One query on the request path, token and app together.
+        query = (
+            select(TokenRow.revoked, TokenRow.expires_at, AppRow)
+            .join(AppRow, AppRow.id == TokenRow.app_id)
+            .where(TokenRow.token_hash == token_digest(token))
+        )
         with self._db.session() as session:
-            row = session.get(TokenRow, token_digest(token))
-            if row is None or row.revoked:
+            found = session.execute(query).first()
+            if found is None or found[0]:
                 raise InvalidToken()
-            app_row = session.get(AppRow, row.app_id)
-            if app_row is None:
-                raise InvalidToken()
-            if row.expires_at <= time.time():
+            if found[1] <= time.time():
                 raise ExpiredToken()
-            app = app_from_row(app_row)
+            app = app_from_row(found[2])
         if app.deleted or app.disabled:
             raise AppUnavailable()
         return app

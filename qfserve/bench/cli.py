@@ -91,6 +91,12 @@ def bench(
     output: Annotated[
         Path | None, typer.Option(help="Write a markdown report here, and its JSON beside it.")
     ] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            help="Only measure what qfserve adds to time to first token in front of an upstream."
+        ),
+    ] = False,
 ) -> None:
     """Measure throughput and latency (TTFT, inter-token, end-to-end; p50/p95/p99) of qfserve and
     OpenAI-compatible servers, with the scenarios of issue 3's targets."""
@@ -103,6 +109,9 @@ def bench(
     from qfserve.config import EngineSettings
 
     console = Console(stderr=True)
+    if gateway:
+        _gateway(model, threads, requests, max_tokens, temperature, seed, output, console)
+        return
     if standard and url:
         raise typer.BadParameter("--standard starts its own qfserve: give it or --url, not both")
     if not (standard or url or openai_url or compare):
@@ -140,6 +149,38 @@ def bench(
         raise typer.Exit(1) from exc
     _write(results, json_file, output)
     _show(results)
+
+
+def _gateway(
+    model: Path | None,
+    threads: int | None,
+    requests: int | None,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    output: Path | None,
+    console: Any,
+) -> None:
+    import asyncio
+
+    from qfserve.bench.client import Sampling
+    from qfserve.bench.gateway import report, run_gateway
+    from qfserve.config import EngineSettings
+    from qfserve.engines.registry import bundled_model_path
+
+    results = asyncio.run(
+        run_gateway(
+            model=model or bundled_model_path(),
+            threads=threads or EngineSettings().n_threads,
+            requests=requests or 40,
+            sampling=Sampling(max_tokens=min(max_tokens, 16), temperature=temperature, seed=seed),
+            console=console,
+        )
+    )
+    text = report(results)
+    if output is not None:
+        output.write_text(text)
+    typer.echo(text.split("```json")[0])
 
 
 def _command_line() -> str:

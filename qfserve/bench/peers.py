@@ -121,15 +121,22 @@ def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 async def start_qfserve(
-    *, model: Path | None, threads: int, workdir: Path, endpoint: str = "llama_2_7b"
+    *,
+    model: Path | None,
+    threads: int,
+    workdir: Path,
+    endpoint: str = "llama_2_7b",
+    config: Path | None = None,
 ) -> Peer:
-    """`qfserve serve` on a fresh data directory, with an app and an access token made for it."""
+    """`qfserve serve` on a fresh data directory, with an app and an access token made for it;
+    `config`, a settings file (say, endpoints on remote upstreams)."""
     data_dir = workdir / "qfserve-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = _clean_env(
         QFSERVE_DATA_DIR=str(data_dir),
         QFSERVE_ENGINE__N_THREADS=str(threads),
         QFSERVE_LOG_LEVEL="warning",
+        **({"QFSERVE_CONFIG": str(config)} if config else {}),
     )
     created = await asyncio.to_thread(
         subprocess.run,

@@ -139,17 +139,31 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+# A slot's cache is taken over for a shared prefix only if that keeps at least this share of it.
+# Every prompt of an endpoint shares the chat template's opening (the default system prompt):
+# without the bar, a new conversation would match any slot by that opening alone and destroy the
+# history cached there, and conversations played side by side would evict each other each turn.
+KEEP_AT_LEAST = 0.5
+
+
 def choose_slot(slots: Iterable[Slot], prompt: Sequence[int]) -> Slot | None:
-    """The idle slot sharing the longest prefix with `prompt`; ties (and no match) go to the LRU."""
+    """The idle slot whose cache shares the longest prefix with `prompt`, among those that would
+    keep at least half of their cache; else the least recently used idle slot."""
     best: Slot | None = None
     best_key = (-1, 0)
+    oldest: Slot | None = None
     for slot in slots:
         if slot.busy:
             continue
-        key = (common_prefix_length(slot.cached, prompt), -slot.last_used)
+        if oldest is None or slot.last_used < oldest.last_used:
+            oldest = slot
+        shared = common_prefix_length(slot.cached, prompt)
+        if not slot.cached or shared < KEEP_AT_LEAST * len(slot.cached):
+            continue
+        key = (shared, -slot.last_used)
         if best is None or key > best_key:
             best, best_key = slot, key
-    return best
+    return best or oldest
 
 
 class Scheduler(Generic[P]):

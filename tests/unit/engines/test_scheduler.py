@@ -61,6 +61,15 @@ def test_choose_slot_falls_back_to_least_recently_used() -> None:
     assert choose_slot(slots, [1, 2]) is slots[1]
 
 
+def test_a_shared_template_opening_does_not_take_another_conversations_slot() -> None:
+    opening = [1, 2, 3]
+    conversation_a = Slot(0, [*opening, *range(10, 30)], last_used=5)
+    empty = Slot(1, [], last_used=0)
+    assert choose_slot([conversation_a, empty], [*opening, 40, 41]) is empty
+    # ...while the next turn of that conversation finds it.
+    assert choose_slot([conversation_a, empty], [*opening, *range(10, 30), 7]) is conversation_a
+
+
 def test_choose_slot_skips_busy_slots() -> None:
     slots = [Slot(0, [1, 2, 3], busy=True), Slot(1, [], last_used=4)]
     assert choose_slot(slots, [1, 2, 3]) is slots[1]
@@ -162,13 +171,16 @@ def test_prefix_cache_reuses_shared_prefix_but_redecodes_last_prompt_token() -> 
     assert follow_up.slot == first.slot
     assert follow_up.n_cached == 6 and fed(step) == {2: 3}
 
-    same = seq(3, [1, 2, 3, 4])  # identical to a cached prompt: the last token is decoded again
+    # Identical to a cached prompt: all of it comes from the cache but the last token, which is
+    # decoded again for its logits.
+    same = seq(3, [1, 2, 3, 4, 101, 101, 101, 7, 8])
     sched.finish(follow_up)
     sched.add(same)
     step = run_step(sched)
-    assert same.n_cached == 3 and fed(step) == {3: 1}
+    assert same.slot == first.slot
+    assert same.n_cached == 8 and fed(step) == {3: 1}
     stats = sched.stats()
-    assert (stats.prompt_tokens, stats.cached_prompt_tokens) == (4 + 9 + 4, 6 + 3)
+    assert (stats.prompt_tokens, stats.cached_prompt_tokens) == (4 + 9 + 9, 6 + 8)
 
 
 def test_unrelated_prompt_takes_the_least_recently_used_slot() -> None:
