@@ -60,6 +60,9 @@ class LlamaModel:
         if not os.path.isfile(path):
             raise EngineUnavailable(f"model file not found: {path}")
         params = llama_cpp.llama_model_default_params()
+        # As llama-cpp-python's own `Llama` loads on a CPU build (its known-good settings).
+        params.n_gpu_layers = 0
+        params.load_mode = 1
         model = llama_cpp.llama_model_load_from_file(path.encode("utf-8"), params)
         if not model:
             raise EngineUnavailable(f"llama.cpp could not load the model: {path}")
