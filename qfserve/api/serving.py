@@ -307,7 +307,9 @@ class _SegmentStream:
                         0.0, start + self._settings.max_segment_seconds - time.monotonic()
                     )
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
+                    # asyncio.timeout, not wait_for: no task created per delta.
+                    async with asyncio.timeout(timeout):
+                        item = await queue.get()
                 except TimeoutError:
                     for segment in held:
                         yield self._event(segment, is_end=False)
