@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,3 +77,18 @@ class LlamaServer:
 
     def served(self) -> int:
         return self.log().count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
+@contextmanager
+def running_llama_servers(folder: Path, count: int = 2) -> Iterator[list[LlamaServer]]:
+    """`count` replicas, started together, stopped on the way out."""
+    servers = [LlamaServer(folder / f"replica{n}.log") for n in range(count)]
+    for server in servers:
+        server.start()
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

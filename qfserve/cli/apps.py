@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -75,38 +76,32 @@ def list_apps(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     console.print(table)
 
 
-def _on_app(app_id: int, action: str) -> None:
-    console.print(f"app {app_id}: {action}")
+def _change(
+    config: Path | None, app_id: int, change: Callable[[AppRegistry], object], done: str
+) -> None:
+    try:
+        change(_registry(config))
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"app {app_id}: {done}")
 
 
 @apps_cli.command("delete")
 def delete(app_id: AppId, config: ConfigOption = None) -> None:
     """Delete an app: its keys and tokens stop working at once (error 15); usage is kept."""
-    try:
-        _registry(config).delete(app_id)
-    except AppNotFound as exc:
-        raise fail(str(exc)) from exc
-    _on_app(app_id, "deleted")
+    _change(config, app_id, lambda apps: apps.delete(app_id), "deleted")
 
 
 @apps_cli.command("disable")
 def disable(app_id: AppId, config: ConfigOption = None) -> None:
     """Refuse the app's requests (error 15) until it is enabled again."""
-    try:
-        _registry(config).set_disabled(app_id, True)
-    except AppNotFound as exc:
-        raise fail(str(exc)) from exc
-    _on_app(app_id, "disabled")
+    _change(config, app_id, lambda apps: apps.set_disabled(app_id, True), "disabled")
 
 
 @apps_cli.command("enable")
 def enable(app_id: AppId, config: ConfigOption = None) -> None:
     """Accept the app's requests again."""
-    try:
-        _registry(config).set_disabled(app_id, False)
-    except AppNotFound as exc:
-        raise fail(str(exc)) from exc
-    _on_app(app_id, "enabled")
+    _change(config, app_id, lambda apps: apps.set_disabled(app_id, False), "enabled")
 
 
 Limit = Annotated[int | None, typer.Option(help="0 clears the override (the default applies).")]
@@ -154,7 +149,7 @@ def revoke_tokens(app_id: AppId, config: ConfigOption = None) -> None:
         count = _registry(config).revoke_tokens(app_id)
     except AppNotFound as exc:
         raise fail(str(exc)) from exc
-    _on_app(app_id, f"{count} tokens revoked")
+    console.print(f"app {app_id}: {count} tokens revoked")
 
 
 @apps_cli.command("rotate-secret")

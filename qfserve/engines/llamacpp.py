@@ -81,6 +81,7 @@ class LlamaCppEngine:
         self._seq_ptrs: list[Any] = []
         self._batch: Any = None
         self._thread: threading.Thread | None = None
+        self._free_lock = threading.Lock()
         self._dead = False
         self._closing = False
         self._n_ctx_seq = settings.context_length
@@ -149,17 +150,21 @@ class LlamaCppEngine:
         self._admission.close()
         await asyncio.to_thread(self._admission.wait_idle, grace_seconds)
         if self._admission.in_flight:
-            await self.close()
+            await self._stop_thread()
 
     async def close(self) -> None:
         """Fail what is still running or waiting with EngineUnavailable, stop the engine thread,
-        free the model. Idempotent."""
+        free the model. Idempotent, and safe to call while a `drain` is ending."""
+        await self._stop_thread()
+        await asyncio.to_thread(self._free)
+
+    async def _stop_thread(self) -> None:
+        """The engine thread fails what is in flight with EngineUnavailable and exits."""
         self._closing = True
         self._admission.close()
         if self._thread is not None:
             self._inbox.put(None)
             await asyncio.to_thread(self._thread.join)
-        await asyncio.to_thread(self._free)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         if self._model is None:
@@ -254,6 +259,12 @@ class LlamaCppEngine:
         llama_cpp.llama_memory_clear(self._mem, True)
 
     def _free(self) -> None:
+        # Under a lock: a shutdown's drain and the server's close may both end here at once, and
+        # freeing a llama.cpp context twice crashes the process.
+        with self._free_lock:
+            self._free_unlocked()
+
+    def _free_unlocked(self) -> None:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from qfserve.config import load_settings
-from tests.llama_servers import LlamaServer
+from tests.llama_servers import LlamaServer, running_llama_servers
 from tests.servers import Server, running_server
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -25,16 +25,8 @@ DOCS = Path(__file__).parents[2] / "docs" / "examples"
 @pytest.fixture(scope="module")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaServer]]:
     folder = tmp_path_factory.mktemp("upstreams")
-    servers = [LlamaServer(folder / f"replica{n}.log") for n in range(2)]
-    for server in servers:
-        server.start()
-    try:
-        for server in servers:
-            server.wait_ready()
+    with running_llama_servers(folder) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from qfserve.engines.remote.pool import Replica, base_url, choose
 from qfserve.engines.remote.tokens import estimate_token_count
 from qfserve.engines.remote.wire import Failure, request_body, translate
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
-from tests.llama_servers import LlamaServer
+from tests.llama_servers import LlamaServer, running_llama_servers
 from tests.servers import free_port
 
 T = TypeVar("T")
@@ -534,16 +534,8 @@ def test_a_local_gguf_gives_exact_token_counts_and_the_template() -> None:
 @pytest.fixture(scope="module")
 def llama_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaServer]]:
     folder = tmp_path_factory.mktemp("replicas")
-    servers = [LlamaServer(folder / f"replica{n}.log") for n in range(2)]
-    for server in servers:
-        server.start()
-    try:
-        for server in servers:
-            server.wait_ready()
+    with running_llama_servers(folder) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture
