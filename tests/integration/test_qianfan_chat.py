@@ -174,11 +174,10 @@ def test_output_length_cut_sets_is_truncated(server: Server, token: str) -> None
 
 
 def test_stop_string_ends_the_answer_and_is_not_returned(server: Server, token: str) -> None:
-    question = [
-        {"role": "user", "content": "Count from one to twenty, in words, separated by commas."}
-    ]
-    body = chat(server, token, messages=question, stop=[","], max_output_tokens=64).json()
-    assert "," not in body["result"]
+    question = [{"role": "user", "content": "Tell me about the moon in two sentences."}]
+    # Every answer has a space within its first tokens: the stop string always ends it.
+    body = chat(server, token, messages=question, stop=[" "], max_output_tokens=64).json()
+    assert body["result"].strip() and " " not in body["result"]
     assert body["is_truncated"] is False
     assert body["usage"]["completion_tokens"] < 64
 
