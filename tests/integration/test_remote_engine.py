@@ -187,7 +187,8 @@ def test_request_body_maps_sampling_and_messages() -> None:
     plain = GenerationRequest("r", [1], SamplingParams(max_tokens=1), prompt_text="<s>hi")
     path, body = request_body("", plain)
     assert path == "/v1/completions" and body["prompt"] == "<s>hi" and "model" not in body
-    assert "repeat_penalty" not in body  # 1.0 means off: not sent
+    # 1.0 is sent too: left out, the upstream's own default penalty would apply.
+    assert body["repeat_penalty"] == 1.0 and body["min_p"] == 0.0
     with pytest.raises(InternalError):
         request_body("m", GenerationRequest("r", [1], SamplingParams(max_tokens=1)))
 

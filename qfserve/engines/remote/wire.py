@@ -83,8 +83,11 @@ def request_body(model: str, request: GenerationRequest) -> tuple[str, dict[str,
         body["model"] = model
     if sampling.top_k > 0:
         body["top_k"] = sampling.top_k
-    if sampling.repeat_penalty != 1.0:
-        body["repeat_penalty"] = body["repetition_penalty"] = sampling.repeat_penalty
+    # Always explicit, 1.0 included, and min_p off as our own sampler has it: an upstream fills
+    # what is left out with its own defaults (llama-cpp-python's server: repeat_penalty 1.1,
+    # min_p 0.05), which changes the answers and, measured there, costs ~14 ms per first token.
+    body["repeat_penalty"] = body["repetition_penalty"] = sampling.repeat_penalty
+    body["min_p"] = 0.0
     if sampling.stop:
         body["stop"] = list(sampling.stop)
     if sampling.seed is not None:
