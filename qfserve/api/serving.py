@@ -46,6 +46,10 @@ class Flag:
 
     hit: Hit | None = None
 
+    @property
+    def category(self) -> str | None:
+        return self.hit.category if self.hit is not None else None
+
 
 @dataclass(frozen=True, slots=True)
 class PreparedChat:

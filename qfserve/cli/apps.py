@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from qfserve.access.apps import App, AppNotFound, AppRegistry
+
+if TYPE_CHECKING:
+    from qfserve.server import Store
+
 from qfserve.cli.common import ConfigOption, JsonOption, console, fail, settings_from
 
 apps_cli = typer.Typer(
@@ -23,6 +27,18 @@ def _registry(config: Path | None) -> AppRegistry:
     from qfserve.server import open_store
 
     return open_store(settings_from(config)).apps
+
+
+def _store_of(config: Path | None, app_id: int) -> Store:
+    """The store, once the app is known to exist."""
+    from qfserve.server import open_store
+
+    store = open_store(settings_from(config))
+    try:
+        store.apps.get(app_id)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
+    return store
 
 
 def _describe(app: App) -> dict[str, object]:
@@ -184,13 +200,7 @@ def iam_key(
 ) -> None:
     """Create an IAM Access Key / Secret Key pair for the app's bce-auth-v1 signed requests (the
     SDK's QIANFAN_ACCESS_KEY / QIANFAN_SECRET_KEY). The Secret Key is shown this once."""
-    from qfserve.server import open_store
-
-    store = open_store(settings_from(config))
-    try:
-        store.apps.get(app_id)
-    except AppNotFound as exc:
-        raise fail(str(exc)) from exc
+    store = _store_of(config, app_id)
     key = store.iam_keys.create(app_id)
     if as_json:
         keys = {"access_key": key.access_key, "secret_key": key.secret_key}
@@ -211,13 +221,7 @@ def key_create(
     config: ConfigOption = None,
 ) -> None:
     """Create an app key (`Authorization: Bearer sk-qf-...`). Shown this once; stored hashed."""
-    from qfserve.server import open_store
-
-    store = open_store(settings_from(config))
-    try:
-        store.apps.get(app_id)
-    except AppNotFound as exc:
-        raise fail(str(exc)) from exc
+    store = _store_of(config, app_id)
     created = store.app_keys.create(app_id)
     if as_json:
         typer.echo(json.dumps({"app_id": app_id, "key": created.key, "prefix": created.prefix}))

@@ -86,9 +86,8 @@ def build_router(settings: Settings, serving: ChatServing, gate: AccessGate) -> 
             log.exception("request %s failed", request_id)
             await call.finish(InternalError.code)
             return render.error_response(InternalError())
-        flagged = prepared.flag.hit is not None
-        if flagged and prepared.flag.hit is not None:
-            call.safety_category = prepared.flag.hit.category
+        call.safety_category = prepared.flag.category
+        flagged = call.safety_category is not None
         await call.finish(0, tokens)
         reason = "content_filter" if flagged else _FINISH[finish]
         content = serving.refusal if flagged else text
@@ -195,9 +194,8 @@ async def _chunks(
             if delta.text:
                 yield render.chunk(response_id, model, {"content": delta.text})
             if delta.finish_reason is not None:
-                flagged = prepared.flag.hit is not None
-                if flagged and prepared.flag.hit is not None:
-                    call.safety_category = prepared.flag.hit.category
+                call.safety_category = prepared.flag.category
+                flagged = call.safety_category is not None
                 reason = "content_filter" if flagged else _FINISH[delta.finish_reason]
                 yield render.chunk(response_id, model, {}, reason)
                 if body.stream_options and body.stream_options.include_usage:

@@ -153,8 +153,7 @@ def build_router(
             log.exception("request %s failed", request_id)
             await call.finish(InternalError.code)
             return render.error_response(InternalError(), request_id)
-        if answer.flagged and prepared.flag.hit is not None:
-            call.safety_category = prepared.flag.hit.category
+        call.safety_category = prepared.flag.category
         call.prompt_tokens = answer.prompt_tokens  # a remote upstream's own count, if it gave one
         await call.finish(0, answer.completion_tokens)
         return render.json_response(
@@ -233,8 +232,7 @@ async def _sse(
                 outcome = event.error.code
             elif event.is_end:
                 outcome = 0
-            if event.flagged and prepared.flag.hit is not None:
-                call.safety_category = prepared.flag.hit.category
+            call.safety_category = prepared.flag.category
             yield render.sse(_event_body(request_id, kind, prepared, event))
             event = await anext(rest, None)
     finally:
