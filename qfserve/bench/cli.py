@@ -91,6 +91,16 @@ def bench(
     output: Annotated[
         Path | None, typer.Option(help="Write a markdown report here, and its JSON beside it.")
     ] = None,
+    llama_server: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="QFSERVE_BENCH_LLAMA_SERVER",
+            exists=True,
+            dir_okay=False,
+            help="A llama.cpp `llama-server` binary: also start it on the same model, threads "
+            "and parallel sequences as qfserve, as the C++ reference.",
+        ),
+    ] = None,
     gateway: Annotated[
         bool,
         typer.Option(
@@ -114,7 +124,7 @@ def bench(
         return
     if standard and url:
         raise typer.BadParameter("--standard starts its own qfserve: give it or --url, not both")
-    if not (standard or url or openai_url or compare):
+    if not (standard or url or openai_url or compare or llama_server):
         raise typer.BadParameter("nothing to measure: give --standard, --url or --openai-url")
     if not 0 < temperature <= 1:
         raise typer.BadParameter("--temperature must be in (0, 1]")
@@ -129,7 +139,7 @@ def bench(
         rounds=max(1, rounds), scenarios=_scenarios(scenarios), conversations=conversations,
         disconnect_clients=clients, standard=standard, compare=compare, model=model,
         threads=threads or engine.n_threads, n_ctx=engine.context_length, pid=pid,
-        workload=workload,
+        workload=workload, llama_server=llama_server, n_parallel=engine.n_parallel,
     )  # fmt: skip
 
     async def run() -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Servers the bench starts itself: qfserve, and llama-cpp-python's own OpenAI server.
+"""Servers the bench starts itself: qfserve, llama-cpp-python's own OpenAI server, and, given its
+binary, llama.cpp's C++ `llama-server` (the reference issue 3's batching target comes from).
 
-Both on the same GGUF with the same threads, on free loopback ports, logging to files in a
+All on the same GGUF with the same threads, on free loopback ports, logging to files in a
 temporary directory, and stopped (SIGTERM, then SIGKILL) by the handle that started them.
 """
 
@@ -28,6 +29,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 LLAMA_CPP_SERVER = "llama_cpp.server"
+LLAMA_SERVER = "llama-server"
 # Everything `python -m llama_cpp.server` imports beyond qfserve's own dependencies: the `server`
 # extra of llama-cpp-python, installed alone so that the library itself is not rebuilt.
 LLAMA_CPP_SERVER_EXTRAS = ("sse_starlette", "starlette_context", "yaml")
@@ -207,6 +209,40 @@ async def start_llama_cpp_server(
     peer = Peer(LLAMA_CPP_SERVER, process, target, log)
     try:
         await peer.wait_ready("/v1/models")
+    except BaseException:
+        peer.stop()
+        raise
+    return peer
+
+
+async def start_llama_server(
+    *,
+    binary: Path,
+    model: Path,
+    threads: int,
+    n_ctx: int,
+    n_parallel: int,
+    workdir: Path,
+    endpoint: str = "llama_2_7b",
+) -> Peer:
+    """llama.cpp's own C++ server with as many slots as qfserve has sequences, each with
+    qfserve's context per sequence. It is not built by the project: pass a binary built from
+    the llama.cpp that llama-cpp-python vendors, to compare like with like."""
+    port = free_port()
+    command = [
+        str(binary), "--model", str(model), "--alias", endpoint,
+        "--threads", str(threads), "--threads-batch", str(threads),
+        "--parallel", str(n_parallel), "--ctx-size", str(n_parallel * n_ctx),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    log = workdir / "llama_server.log"
+    process = _spawn(command, _clean_env(), log)
+    target = Target(
+        LLAMA_SERVER, Dialect.OPENAI, f"http://127.0.0.1:{port}", endpoint, pid=process.pid
+    )
+    peer = Peer(LLAMA_SERVER, process, target, log)
+    try:
+        await peer.wait_ready("/health")
     except BaseException:
         peer.stop()
         raise

@@ -17,6 +17,8 @@ from qfserve.bench.stats import ratio
 
 PRIMARY = "qfserve"
 COMPARED = "llama_cpp.server"
+# llama.cpp's C++ server, when the run was given its binary: the reference the targets come from.
+REFERENCE = "llama-server"
 
 
 def machine() -> dict[str, Any]:
@@ -121,6 +123,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"{_fmt(_tps(many))} vs {_fmt(_tps(one))} tokens/s",
     ))  # fmt: skip
 
+    found += _reference(results, high, one, many)
+
     ratios = [
         c["ttft_ratio_last_to_first"]
         for c in results.get("conversations", [])
@@ -144,6 +148,46 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         + ("stayed at 0" if gone.get("stayed_zero_s") else "did not stay at 0"),
     ))  # fmt: skip
     return found
+
+
+def _reference(
+    results: dict[str, Any],
+    high: int | None,
+    one: dict[str, Any] | None,
+    many: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Beside b1 and b2, the same figures for llama.cpp's C++ server on the same workload, when
+    it was measured: how far batching can go on this machine and these prompts."""
+    ref_one = _load(results, REFERENCE, 1)
+    ref_many = _load(results, REFERENCE, high) if high else None
+    if ref_one is None and ref_many is None:
+        return []
+    return [
+        _target(
+            "r1",
+            f"reference: {REFERENCE} at concurrency {high} vs its own concurrency 1",
+            ratio(_tps(ref_many), _tps(ref_one)),
+            "(b2's bar for C++)",
+            None,
+            f"{_fmt(_tps(ref_many))} vs {_fmt(_tps(ref_one))} tokens/s",
+        ),
+        _target(
+            "r2",
+            f"reference: qfserve vs {REFERENCE}, both at concurrency {high}",
+            ratio(_tps(many), _tps(ref_many)),
+            "(context)",
+            None,
+            f"{_fmt(_tps(many))} vs {_fmt(_tps(ref_many))} tokens/s",
+        ),
+        _target(
+            "r3",
+            f"reference: qfserve vs {REFERENCE}, both at concurrency 1",
+            ratio(_tps(one), _tps(ref_one)),
+            "(context)",
+            None,
+            f"{_fmt(_tps(one))} vs {_fmt(_tps(ref_one))} tokens/s",
+        ),
+    ]
 
 
 def _ms(dist: dict[str, Any]) -> str:

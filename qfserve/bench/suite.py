@@ -52,6 +52,8 @@ class BenchOptions:
     n_ctx: int = 0
     pid: int | None = None
     workload: Path | None = None
+    llama_server: Path | None = None
+    n_parallel: int = 8
 
     def requests_for(self, concurrency: int) -> int:
         """Per round. By default at least 16 answers and 4 per concurrent stream in all, so that
@@ -87,7 +89,12 @@ def _settings(options: BenchOptions, model: Path | None) -> dict[str, Any]:
 
 
 async def run_suite(options: BenchOptions, console: Console) -> dict[str, Any]:
-    needs_model = options.standard or options.compare or options.model is not None
+    needs_model = (
+        options.standard
+        or options.compare
+        or options.model is not None
+        or options.llama_server is not None
+    )
     model = _model_path(options) if needs_model else None
     started: list[peer_mod.Peer] = []
     # The servers' and the baseline's logs: removed after a good run, kept after a failed one.
@@ -176,6 +183,16 @@ async def _start_targets(
         started.append(
             await peer_mod.start_llama_cpp_server(
                 model=model, threads=options.threads, n_ctx=options.n_ctx, workdir=workdir,
+                endpoint=options.endpoint,
+            )
+        )  # fmt: skip
+        found.append(started[-1].target)
+    if options.llama_server is not None and model is not None:
+        console.print(f"starting {peer_mod.LLAMA_SERVER} with {options.n_parallel} slots")
+        started.append(
+            await peer_mod.start_llama_server(
+                binary=options.llama_server, model=model, threads=options.threads,
+                n_ctx=options.n_ctx, n_parallel=options.n_parallel, workdir=workdir,
                 endpoint=options.endpoint,
             )
         )  # fmt: skip

@@ -446,3 +446,20 @@ def test_markdown_report() -> None:
     assert "| qfserve | 8 | 1 | 0 | 160.0 |" in page
     assert "| llama-cpp-python (no HTTP) | 1 |" in page
     assert "| c | 8th turn's" in page and "| 1.40 | <= 1.5 | yes |" in page
+
+
+def test_reference_rows_only_when_llama_server_was_measured() -> None:
+    assert not {"r1", "r2", "r3"} & {t["id"] for t in targets(_results())}
+    results = _results()
+    loads = results["load"]
+    assert isinstance(loads, list)
+    results["load"] = [
+        *loads,
+        _summary("llama-server", 1, 80.0),
+        _summary("llama-server", 8, 100.0),
+    ]
+    found = {t["id"]: t for t in targets(results)}
+    assert found["r1"]["value"] == pytest.approx(100 / 80)
+    assert found["r2"]["value"] == pytest.approx(160 / 100)
+    assert found["r3"]["value"] == pytest.approx(90 / 80)
+    assert all(found[key]["met"] is None for key in ("r1", "r2", "r3"))
