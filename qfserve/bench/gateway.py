@@ -23,6 +23,7 @@ from qfserve.bench.stats import distribution
 from qfserve.bench.workload import default_dir, load_prompts, request_messages
 
 TARGET_MS = 2.0
+DIRECT_TAG, VIA_TAG = "a", "b"
 
 
 async def run_gateway(
@@ -69,11 +70,13 @@ async def _measure(
             await stream_chat(client, target, request_messages(prompts, 0, "warm"), sampling)
         for index in range(requests):
             order = (direct, via) if index % 2 == 0 else (via, direct)
-            # The same question to both, tagged differently (tags of one length) so that neither
-            # is answered from the prompt cache the other just filled.
+            # The same question to both, tagged differently so that neither is answered from the
+            # prompt cache the other just filled. The tags must cost the same prefill: equal
+            # characters are not enough ("[direct3]" is 3 tokens fewer than "[via-qf3]" for
+            # SmolLM2, which once passed for 12 ms of gateway overhead); one letter each is.
             pair: dict[str, float] = {}
             for target in order:
-                tag = "direct" if target is direct else "via-qf"
+                tag = DIRECT_TAG if target is direct else VIA_TAG
                 messages = request_messages(prompts, index, tag)
                 record = await stream_chat(client, target, messages, sampling)
                 if record.ttft_s is None:

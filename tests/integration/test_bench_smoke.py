@@ -64,3 +64,26 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "c", "d"]
     assert page.read_text().startswith("# qfserve bench results")
     assert json.loads(page.with_suffix(".json").read_text()) == results
+
+
+@pytest.mark.model
+def test_gateway_tags_cost_the_same_prefill() -> None:
+    """The gateway figure pairs one question asked directly and through qfserve: if one tag
+    tokenized longer, its extra prefill would be counted as gateway overhead."""
+    from qfserve.bench.gateway import DIRECT_TAG, VIA_TAG
+    from qfserve.bench.workload import default_dir, load_prompts, request_messages
+    from qfserve.engines.model import LlamaModel
+    from qfserve.engines.registry import bundled_model_path
+
+    model = LlamaModel(str(bundled_model_path()))
+    prompts = load_prompts(default_dir() / "prompts.json")
+
+    def length(index: int, tag: str) -> int:
+        text = request_messages(prompts, index, tag)[0]["content"]
+        return len(model.tokenize(text, special=False))
+
+    try:
+        for index in range(100):
+            assert length(index, DIRECT_TAG) == length(index, VIA_TAG), index
+    finally:
+        model.close()
