@@ -155,7 +155,14 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     )
     metrics = Metrics(registry, quotas.health)
     gate = AccessGate(
-        store.tokens, store.iam_keys, store.app_keys, ledger, metrics, quotas, default_limits
+        store.tokens,
+        store.iam_keys,
+        store.app_keys,
+        ledger,
+        metrics,
+        quotas,
+        default_limits,
+        inline_lookups=store.database.is_sqlite,
     )
     moderators = (
         ModeratorSource(

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, select, update
 
 from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import token_digest
@@ -19,6 +19,12 @@ from qfserve.store.database import Database
 from qfserve.store.schema import AppKeyRow, AppRow
 
 KEY_PREFIX = "sk-qf-"
+
+_VERIFY = (
+    select(AppKeyRow.revoked, *AppRow.__table__.columns)
+    .join(AppRow, AppRow.id == AppKeyRow.app_id)
+    .where(AppKeyRow.key_hash == bindparam("digest"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +68,10 @@ class AppKeys:
         """The app the key belongs to; raises 100, 110 or 15 otherwise."""
         if not key or not key.startswith(KEY_PREFIX):
             raise MissingToken()
-        with self._db.session() as session:
-            row = session.get(AppKeyRow, token_digest(key))
-            if row is None or row.revoked:
-                raise InvalidToken()
-            app_row = session.get(AppRow, row.app_id)
-            if app_row is None:
-                raise InvalidToken()
-            app = app_from_row(app_row)
+        found = self._db.read_one(_VERIFY, {"digest": token_digest(key)})
+        if found is None or found.revoked:
+            raise InvalidToken()
+        app = app_from_row(found)
         if app.deleted or app.disabled:
             raise AppUnavailable()
         return app

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from qfserve.access.secrets import hash_secret, random_key, verify_secret
@@ -41,7 +42,8 @@ class NewApp:
     secret_key: str
 
 
-def app_from_row(row: AppRow) -> App:
+def app_from_row(row: AppRow | Row[Any]) -> App:
+    """From the ORM row, or from a plain row holding the apps table's columns."""
     endpoints = (
         frozenset(e for e in row.endpoints.split(",") if e) if row.endpoints is not None else None
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 
@@ -26,6 +28,9 @@ from qfserve.metrics import Metrics
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection first
+
+K = TypeVar("K")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +82,11 @@ class AccessGate:
         metrics: Metrics,
         quotas: QuotaEnforcer,
         default_limits: QuotaLimits,
+        *,
+        inline_lookups: bool = False,
     ) -> None:
         self._tokens = tokens
+        self._inline_lookups = inline_lookups
         self._iam_keys = iam_keys
         self._app_keys = app_keys
         self._ledger = ledger
@@ -89,17 +97,26 @@ class AccessGate:
     def open_call(self, request_id: str, endpoint: str) -> Call:
         return Call(request_id, endpoint, self)
 
+    async def _lookup(self, find: Callable[[K], T], key: K) -> T:
+        """One indexed read of the store. On SQLite (a local file in WAL mode, where readers
+        never wait for writers) it runs inline: about 0.3 ms, against 1.5 ms for the hop to a
+        worker thread and back under load, on every request. A networked database is waited
+        for in a worker thread."""
+        if self._inline_lookups:
+            return find(key)
+        return await anyio.to_thread.run_sync(find, key)
+
     async def verify(self, credentials: Credentials) -> App:
         """The calling app, by its access token or else its signature (100, 110, 111, 14, 15)."""
         if credentials.bearer and credentials.bearer.startswith(KEY_PREFIX):
-            return await anyio.to_thread.run_sync(self._app_keys.verify, credentials.bearer)
+            return await self._lookup(self._app_keys.verify, credentials.bearer)
         if credentials.bearer:
-            return await anyio.to_thread.run_sync(self._tokens.verify, credentials.bearer)
+            return await self._lookup(self._tokens.verify, credentials.bearer)
         authorization = credentials.authorization or ""
         if credentials.access_token or not authorization.startswith(signature.PREFIX):
-            return await anyio.to_thread.run_sync(self._tokens.verify, credentials.access_token)
+            return await self._lookup(self._tokens.verify, credentials.access_token)
         signed = signature.parse_authorization(authorization)
-        app, secret = await anyio.to_thread.run_sync(self._iam_keys.resolve, signed.access_key)
+        app, secret = await self._lookup(self._iam_keys.resolve, signed.access_key)
         signature.verify(
             secret,
             signed,

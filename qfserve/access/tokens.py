@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import token_digest
@@ -22,6 +22,13 @@ from qfserve.store.database import Database
 from qfserve.store.schema import AppRow, TokenRow
 
 _TOKEN_SHAPE = re.compile(r"^24\.[0-9a-f]{32}\.\d+\.\d+\.\d+-\d+$")
+
+# Every request's check: one query, token and app together, built once.
+_VERIFY = (
+    select(TokenRow.revoked, TokenRow.expires_at, *AppRow.__table__.columns)
+    .join(AppRow, AppRow.id == TokenRow.app_id)
+    .where(TokenRow.token_hash == bindparam("digest"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +76,12 @@ class TokenIssuer:
         """The app the token belongs to; raises 100, 110, 111 or 15 otherwise."""
         if not token or not _TOKEN_SHAPE.match(token):
             raise MissingToken()
-        # One query on the request path, token and app together.
-        query = (
-            select(TokenRow.revoked, TokenRow.expires_at, AppRow)
-            .join(AppRow, AppRow.id == TokenRow.app_id)
-            .where(TokenRow.token_hash == token_digest(token))
-        )
-        with self._db.session() as session:
-            found = session.execute(query).first()
-            if found is None or found[0]:
-                raise InvalidToken()
-            if found[1] <= time.time():
-                raise ExpiredToken()
-            app = app_from_row(found[2])
+        found = self._db.read_one(_VERIFY, {"digest": token_digest(token)})
+        if found is None or found.revoked:
+            raise InvalidToken()
+        if found.expires_at <= time.time():
+            raise ExpiredToken()
+        app = app_from_row(found)
         if app.deleted or app.disabled:
             raise AppUnavailable()
         return app
