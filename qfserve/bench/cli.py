@@ -182,7 +182,7 @@ def _gateway(
         run_gateway(
             model=model or bundled_model_path(),
             threads=threads or EngineSettings().n_threads,
-            requests=requests or 40,
+            requests=requests or 100,
             sampling=Sampling(max_tokens=min(max_tokens, 16), temperature=temperature, seed=seed),
             console=console,
         )

@@ -255,7 +255,7 @@ class RemoteEngine:
             tried.append(replica)
             attempt = Attempt(replica, chat=path == CHAT_PATH)
             request = self._client.build_request("POST", replica.url + path, json=body)
-            deadline = anyio.current_time() + self._settings.first_token_timeout
+            deadline = asyncio.get_running_loop().time() + self._settings.first_token_timeout
             opened = False
             try:
                 await attempt.open(self._client, call, request, deadline)
@@ -278,7 +278,7 @@ class RemoteEngine:
         raise EngineUnavailable()
 
     async def _next(self, call: Call, attempt: Attempt, *, finished: bool) -> Chunk | None:
-        deadline = anyio.current_time() + self._settings.read_timeout
+        deadline = asyncio.get_running_loop().time() + self._settings.read_timeout
         try:
             return await attempt.next(call, deadline)
         except AttemptFailed as exc:
