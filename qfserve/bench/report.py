@@ -307,5 +307,8 @@ NOTES = [
     "- Conversations are played side by side (turn 1 of each, then turn 2 of each...), each turn",
     "  resending the whole history with the model's own answers, trimmed so the 8th turn lands",
     "  under the 2,000-character limit; each turn's TTFT is a 2-token probe.",
+    "- r1-r3 (when llama.cpp's `llama-server` was given): the same ratios for the C++ server on",
+    "  the same workload. Prompts here are about as long as answers, and prefill does not batch",
+    "  much better than decoding on 2 cores, so no server reaches a decode-only batching gain.",
     "- Figures vary about 10% from run to run on this kind of machine: compare within one run.",
 ]
