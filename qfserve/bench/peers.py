@@ -247,3 +247,19 @@ async def start_llama_server(
         peer.stop()
         raise
     return peer
+
+
+async def start_instant_upstream(*, workdir: Path) -> Peer:
+    """The gateway bench's upstream that answers at once (`instant_upstream`)."""
+    port = free_port()
+    command = [sys.executable, "-m", "qfserve.bench.instant_upstream", "--port", str(port)]
+    log = workdir / "instant_upstream.log"
+    process = _spawn(command, _clean_env(), log)
+    target = Target("instant upstream", Dialect.OPENAI, f"http://127.0.0.1:{port}", "instant")
+    peer = Peer("instant upstream", process, target, log)
+    try:
+        await peer.wait_ready("/health")
+    except BaseException:
+        peer.stop()
+        raise
+    return peer

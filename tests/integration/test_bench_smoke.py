@@ -87,3 +87,22 @@ def test_gateway_tags_cost_the_same_prefill() -> None:
             assert length(index, DIRECT_TAG) == length(index, VIA_TAG), index
     finally:
         model.close()
+
+
+@pytest.mark.timeout(300)
+def test_tiny_gateway_bench(tmp_path: Path) -> None:
+    if missing_llama_cpp_server_modules():
+        pytest.skip("llama_cpp.server's extra is not installed")
+    page = tmp_path / "GATEWAY.md"
+    command = [
+        sys.executable, "-m", "qfserve.bench", "--gateway", "--requests", "2",
+        "--output", str(page),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = page.read_text()
+    assert "## In front of the model" in text and "## In front of an upstream that answers" in text
+    results = json.loads(text.split("```json", 1)[1].split("```", 1)[0])
+    assert results["model_upstream"]["paired_differences_ms"]["n"] == 2
+    assert results["instant_upstream"]["paired_differences_ms"]["n"] == 2 * 4
+    assert not results["model_upstream"]["errors"] and not results["instant_upstream"]["errors"]
