@@ -77,7 +77,8 @@ class _Body(httpx.AsyncByteStream):
 class FakeUpstream:
     """Replicas keyed by host, each doing as `behaviors` says (default "ok"):
     ok, 503, 429, 400, refuse (connection refused), hang (no headers), die (cut after the first
-    chunk), gated (waits on `gate` after the first chunk), error_event (a vLLM-style error)."""
+    chunk), gated (waits on `gate` after the first chunk), error_event (a vLLM-style error),
+    stale (its next GET fails as a keep-alive connection the upstream closed does, then "ok")."""
 
     behaviors: dict[str, str] = field(default_factory=dict)
     chunks: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
@@ -102,6 +103,9 @@ class FakeUpstream:
         behavior = self.behaviors.get(host, "ok")
         if behavior == "refuse":
             raise httpx.ConnectError("connection refused", request=request)
+        if behavior == "stale" and request.method == "GET":
+            self.behaviors[host] = "ok"
+            raise httpx.ReadError("", request=request)
         if request.method == "GET":
             self.gets.append(f"{host}{request.url.path}")
             return httpx.Response(self.health.get(f"{host}{request.url.path}", 200), json={})
@@ -505,6 +509,30 @@ def test_health_checks() -> None:
                 await collect(none_up, chat())
         finally:
             await none_up.close()
+
+    run(scenario())
+
+
+def test_a_probe_on_a_closed_keepalive_connection_is_sent_again() -> None:
+    """A mock, as the race it stands for (the upstream closing an idle connection just as we
+    reuse it) cannot be made to happen on demand."""
+
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        engine = await started(fake, "a", health_interval=0.05)
+        try:
+            assert engine.ready
+            fake.behaviors["a"] = "stale"
+            seen: set[bool] = set()
+            for _ in range(1000):
+                seen.add(engine.ready)
+                if fake.behaviors["a"] == "ok" and len(fake.gets) >= 4:
+                    break
+                await asyncio.sleep(0.002)
+            assert fake.behaviors["a"] == "ok"
+            assert seen == {True}, "one stale connection took the replica down"
+        finally:
+            await engine.close()
 
     run(scenario())
 

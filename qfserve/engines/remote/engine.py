@@ -87,7 +87,10 @@ class RemoteEngine:
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_connections,
-                keepalive_expiry=30.0,
+                # Under the 5 s idle timeout of uvicorn (vLLM's and SGLang's server) and
+                # llama-server: we drop an idle connection before the upstream does, instead of
+                # reusing one it is closing (a ReadError, which would mark the replica down).
+                keepalive_expiry=4.0,
             ),
             # Upstreams are on the serving network: an HTTP(S)_PROXY meant for the internet
             # must not capture them.
