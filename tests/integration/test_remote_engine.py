@@ -78,7 +78,8 @@ class FakeUpstream:
     """Replicas keyed by host, each doing as `behaviors` says (default "ok"):
     ok, 503, 429, 400, refuse (connection refused), hang (no headers), die (cut after the first
     chunk), gated (waits on `gate` after the first chunk), error_event (a vLLM-style error),
-    stale (its next GET fails as a keep-alive connection the upstream closed does, then "ok")."""
+    stale (its next GET fails as a keep-alive connection the upstream closed does, then "ok"),
+    stale_post (the same for its next POST)."""
 
     behaviors: dict[str, str] = field(default_factory=dict)
     chunks: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
@@ -104,6 +105,9 @@ class FakeUpstream:
         if behavior == "refuse":
             raise httpx.ConnectError("connection refused", request=request)
         if behavior == "stale" and request.method == "GET":
+            self.behaviors[host] = "ok"
+            raise httpx.ReadError("", request=request)
+        if behavior == "stale_post" and request.method == "POST":
             self.behaviors[host] = "ok"
             raise httpx.ReadError("", request=request)
         if request.method == "GET":
@@ -531,6 +535,20 @@ def test_a_probe_on_a_closed_keepalive_connection_is_sent_again() -> None:
                 await asyncio.sleep(0.002)
             assert fake.behaviors["a"] == "ok"
             assert seen == {True}, "one stale connection took the replica down"
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_a_request_on_a_closed_keepalive_connection_is_sent_again() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "stale_post"})
+        engine = await started(fake, "a")
+        try:
+            deltas = await collect(engine, chat())
+            assert text_of(deltas) == "Hello world" and deltas[-1].finish_reason == "stop"
+            assert fake.served("a") == 1 and engine.ready
         finally:
             await engine.close()
 

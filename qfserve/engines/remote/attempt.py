@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from qfserve.engines.remote.pool import Replica
+from qfserve.engines.remote.pool import STALE_CONNECTION, Replica
 from qfserve.engines.remote.wire import (
     DONE,
     AttemptFailed,
@@ -102,7 +102,15 @@ class Attempt:
         self, client: httpx.AsyncClient, call: Call, request: httpx.Request, deadline: float
     ) -> None:
         """Send the request and read up to the first token: the last point of failover."""
-        response = await call.bounded(deadline, lambda: client.send(request, stream=True))
+        try:
+            response = await call.bounded(deadline, lambda: client.send(request, stream=True))
+        except AttemptFailed as exc:
+            if not isinstance(exc.__cause__, STALE_CONNECTION):
+                raise
+            # A pooled connection the replica closed as we reused it: nothing reached it, and
+            # httpx has dropped that connection, so this goes out on a new one. A replica that
+            # is really gone fails again, with a connection error.
+            response = await call.bounded(deadline, lambda: client.send(request, stream=True))
         self._response = response
         if not response.is_success:
             body = await call.bounded(deadline, response.aread)

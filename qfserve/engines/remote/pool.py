@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATH: Final = "/health"
 # A pooled keep-alive connection the upstream closed just as we reused it fails like this, before
 # any answer. It says nothing about the replica: the probe is sent once more, on a new connection.
-_STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 MODELS_PATH: Final = "/v1/models"
 
 
@@ -111,5 +111,5 @@ class HealthChecker:
     async def _get(self, replica: Replica, path: str) -> httpx.Response:
         try:
             return await self._client.get(replica.url + path, timeout=self._timeout)
-        except _STALE_CONNECTION:
+        except STALE_CONNECTION:
             return await self._client.get(replica.url + path, timeout=self._timeout)
