@@ -182,6 +182,23 @@ def missing_llama_cpp_server_modules() -> list[str]:
     return [name for name in LLAMA_CPP_SERVER_EXTRAS if importlib.util.find_spec(name) is None]
 
 
+async def _start_openai_server(
+    name: str, command: list[str], port: int, endpoint: str, log: Path, ready_path: str
+) -> Peer:
+    """Spawn an OpenAI-compatible server listening on `port`, and wait until `ready_path`
+    answers 200; stopped again if it never does."""
+    process = _spawn(command, _clean_env(), log)
+    base_url = f"http://127.0.0.1:{port}"
+    target = Target(name, Dialect.OPENAI, base_url, endpoint, pid=process.pid)
+    peer = Peer(name, process, target, log)
+    try:
+        await peer.wait_ready(ready_path)
+    except BaseException:
+        peer.stop()
+        raise
+    return peer
+
+
 async def start_llama_cpp_server(
     *, model: Path, threads: int, n_ctx: int, workdir: Path, endpoint: str = "llama_2_7b"
 ) -> Peer:
@@ -202,17 +219,8 @@ async def start_llama_cpp_server(
         "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
     ]  # fmt: skip
     log = workdir / "llama_cpp_server.log"
-    process = _spawn(command, _clean_env(), log)
-    target = Target(
-        LLAMA_CPP_SERVER, Dialect.OPENAI, f"http://127.0.0.1:{port}", endpoint, pid=process.pid
-    )
-    peer = Peer(LLAMA_CPP_SERVER, process, target, log)
-    try:
-        await peer.wait_ready("/v1/models")
-    except BaseException:
-        peer.stop()
-        raise
-    return peer
+    # llama-cpp-python's server has no /health.
+    return await _start_openai_server(LLAMA_CPP_SERVER, command, port, endpoint, log, "/v1/models")
 
 
 async def start_llama_server(
@@ -236,17 +244,7 @@ async def start_llama_server(
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     log = workdir / "llama_server.log"
-    process = _spawn(command, _clean_env(), log)
-    target = Target(
-        LLAMA_SERVER, Dialect.OPENAI, f"http://127.0.0.1:{port}", endpoint, pid=process.pid
-    )
-    peer = Peer(LLAMA_SERVER, process, target, log)
-    try:
-        await peer.wait_ready("/health")
-    except BaseException:
-        peer.stop()
-        raise
-    return peer
+    return await _start_openai_server(LLAMA_SERVER, command, port, endpoint, log, "/health")
 
 
 async def start_instant_upstream(*, workdir: Path) -> Peer:
@@ -254,12 +252,4 @@ async def start_instant_upstream(*, workdir: Path) -> Peer:
     port = free_port()
     command = [sys.executable, "-m", "qfserve.bench.instant_upstream", "--port", str(port)]
     log = workdir / "instant_upstream.log"
-    process = _spawn(command, _clean_env(), log)
-    target = Target("instant upstream", Dialect.OPENAI, f"http://127.0.0.1:{port}", "instant")
-    peer = Peer("instant upstream", process, target, log)
-    try:
-        await peer.wait_ready("/health")
-    except BaseException:
-        peer.stop()
-        raise
-    return peer
+    return await _start_openai_server("instant upstream", command, port, "instant", log, "/health")
