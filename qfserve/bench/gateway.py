@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,46 +39,40 @@ async def run_gateway(
     *, model: Path, threads: int, requests: int, sampling: Sampling, console: Console
 ) -> dict[str, Any]:
     prompts = load_prompts(default_dir() / "prompts.json")
-    with tempfile.TemporaryDirectory(prefix="qfserve-gateway-") as folder:
+    # Each server is stopped on the way out, in reverse order, whatever fails after it started.
+    with tempfile.TemporaryDirectory(prefix="qfserve-gateway-") as folder, ExitStack() as stops:
         workdir = Path(folder)
         upstream = await start_llama_cpp_server(
             model=model, threads=threads, n_ctx=2048, workdir=workdir
         )
+        stops.callback(upstream.stop)
         instant = await start_instant_upstream(workdir=workdir)
-        try:
-            config = workdir / "gateway.toml"
-            config.write_text(
-                '[[endpoints]]\nname = "llama_2_7b"\nengine = "remote"\n'
-                f'model = "llama_2_7b"\nupstreams = ["{upstream.target.base_url}"]\n'
-                "context_length = 2048\n\n"
-                '[[endpoints]]\nname = "instant"\nengine = "remote"\n'
-                f'model = "instant"\nupstreams = ["{instant.target.base_url}"]\n'
-            )
-            gateway = await start_qfserve(
-                model=None, threads=threads, workdir=workdir / "gateway", config=config
-            )
-            try:
-                token = gateway.target.access_token
-                via_model = Target(
-                    "qfserve -> llama_cpp.server", Dialect.OPENAI,
-                    gateway.target.base_url + "/v1", "llama_2_7b", api_key=token,
-                )  # fmt: skip
-                via_instant = Target(
-                    "qfserve -> instant upstream", Dialect.OPENAI,
-                    gateway.target.base_url + "/v1", "instant", api_key=token,
-                )  # fmt: skip
-                real = await _pairs(
-                    upstream.target, via_model, prompts, requests, sampling, console
-                )
-                bare = await _pairs(
-                    instant.target, via_instant, prompts, requests * INSTANT_FACTOR, sampling,
-                    console,
-                )  # fmt: skip
-            finally:
-                gateway.stop()
-        finally:
-            instant.stop()
-            upstream.stop()
+        stops.callback(instant.stop)
+        config = workdir / "gateway.toml"
+        config.write_text(
+            '[[endpoints]]\nname = "llama_2_7b"\nengine = "remote"\n'
+            f'model = "llama_2_7b"\nupstreams = ["{upstream.target.base_url}"]\n'
+            "context_length = 2048\n\n"
+            '[[endpoints]]\nname = "instant"\nengine = "remote"\n'
+            f'model = "instant"\nupstreams = ["{instant.target.base_url}"]\n'
+        )
+        gateway = await start_qfserve(
+            model=None, threads=threads, workdir=workdir / "gateway", config=config
+        )
+        stops.callback(gateway.stop)
+        token = gateway.target.access_token
+        via_model = Target(
+            "qfserve -> llama_cpp.server", Dialect.OPENAI,
+            gateway.target.base_url + "/v1", "llama_2_7b", api_key=token,
+        )  # fmt: skip
+        via_instant = Target(
+            "qfserve -> instant upstream", Dialect.OPENAI,
+            gateway.target.base_url + "/v1", "instant", api_key=token,
+        )  # fmt: skip
+        real = await _pairs(upstream.target, via_model, prompts, requests, sampling, console)
+        bare = await _pairs(
+            instant.target, via_instant, prompts, requests * INSTANT_FACTOR, sampling, console
+        )
     return {
         "machine": machine(),
         "max_tokens": sampling.max_tokens,

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from qfserve.engines.remote.pool import STALE_CONNECTION, Replica
+from qfserve.engines.remote.pool import Replica
 from qfserve.engines.remote.wire import (
     DONE,
+    STALE_CONNECTION,
     AttemptFailed,
     Chunk,
     Failure,
@@ -107,9 +108,8 @@ class Attempt:
         except AttemptFailed as exc:
             if not isinstance(exc.__cause__, STALE_CONNECTION):
                 raise
-            # A pooled connection the replica closed as we reused it: nothing reached it, and
-            # httpx has dropped that connection, so this goes out on a new one. A replica that
-            # is really gone fails again, with a connection error.
+            # Sent again on a new connection; a replica really gone fails again, with a
+            # connection error, and is failed over as before.
             response = await call.bounded(deadline, lambda: client.send(request, stream=True))
         self._response = response
         if not response.is_success:

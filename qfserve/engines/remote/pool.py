@@ -14,12 +14,11 @@ from typing import Final
 
 import httpx
 
+from qfserve.engines.remote.wire import STALE_CONNECTION
+
 log = logging.getLogger(__name__)
 
 HEALTH_PATH: Final = "/health"
-# A pooled keep-alive connection the upstream closed just as we reused it fails like this, before
-# any answer. It says nothing about the replica: the probe is sent once more, on a new connection.
-STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 MODELS_PATH: Final = "/v1/models"
 
 
@@ -109,6 +108,7 @@ class HealthChecker:
         )
 
     async def _get(self, replica: Replica, path: str) -> httpx.Response:
+        # A stale connection says nothing about the replica: probe again, on a new one.
         try:
             return await self._client.get(replica.url + path, timeout=self._timeout)
         except STALE_CONNECTION:

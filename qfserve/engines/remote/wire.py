@@ -25,6 +25,10 @@ from qfserve.engines.base import FinishReason, GenerationRequest
 from qfserve.errors import InternalError
 
 CHAT_PATH: Final = "/v1/chat/completions"
+# How a pooled keep-alive connection that the upstream closed just as we reused it fails, before
+# any answer: nothing reached the replica, and httpx drops that connection, so the same request
+# may go out once more on a new one.
+STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 COMPLETIONS_PATH: Final = "/v1/completions"
 
 
