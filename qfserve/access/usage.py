@@ -1,21 +1,21 @@
 """The usage ledger: one row per chat request, written off the request path.
 
-`record` only puts the row on a bounded queue; one writer thread inserts rows in batches, waiting
-up to `linger_seconds` after a row for others to join it: a write per request, even off the
-request path, holds the interpreter lock in stretches that the next request waits behind (with
-the writes switched off, a gateway's time to first token was 0.7 ms shorter). `close`
-drains the queue before it returns, so a clean shutdown loses no row. If the database stays
-unreachable the queue fills; past its bound new rows are dropped and counted, loudly, rather than
-letting memory grow without end.
+`record` only appends the row to a bounded deque; one writer thread wakes every
+`linger_seconds`, takes what has gathered and inserts it in batches. The request path neither
+writes nor wakes the writer: a write per request held the interpreter lock in stretches the next
+request waited behind (with the writes switched off, a gateway's time to first token was 0.7 ms
+shorter), and waking a waiting thread per row (a queue's notify) cost a thread switch per request.
+`close` writes every row left before it returns, so a clean shutdown loses no row. If the
+database stays unreachable the deque fills; past its bound new rows are dropped and counted,
+loudly, rather than letting memory grow without end.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
-from dataclasses import asdict, dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -69,9 +69,12 @@ class UsageLedger:
     ) -> None:
         self._db = database
         self._linger = linger_seconds
-        self._pending: queue.Queue[UsageRecord | None] = queue.Queue(maxsize=max_pending)
+        # deque's append and popleft are atomic: the event loop appends, the writer takes.
+        self._pending: deque[UsageRecord] = deque()
+        self._max_pending = max_pending
         self._batch_size = batch_size
         self._dropped = 0
+        self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
 
     @property
@@ -79,46 +82,40 @@ class UsageLedger:
         return self._dropped
 
     def start(self) -> None:
+        self._stopping.clear()
         self._writer = threading.Thread(target=self._write_loop, name="usage-ledger", daemon=True)
         self._writer.start()
 
     def record(self, row: UsageRecord) -> None:
-        """Never blocks: the request path only enqueues."""
-        if row.created_at is None:
-            row = UsageRecord(**{**asdict(row), "created_at": datetime.now(UTC)})
-        try:
-            self._pending.put_nowait(row)
-        except queue.Full:
+        """Never blocks, never wakes a thread: the request path only appends."""
+        if len(self._pending) >= self._max_pending:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.error("usage ledger is full: %d rows dropped so far", self._dropped)
+            return
+        if row.created_at is None:
+            row = replace(row, created_at=datetime.now(UTC))
+        self._pending.append(row)
 
     def close(self) -> None:
-        """Write every queued row, then stop the writer."""
+        """Write every pending row, then stop the writer."""
         if self._writer is None:
             return
-        self._pending.put(None)
+        self._stopping.set()
         self._writer.join()
         self._writer = None
 
     def _write_loop(self) -> None:
         while True:
-            first = self._pending.get()
-            batch = [first] if first is not None else []
-            stop = first is None
-            until = time.monotonic() + self._linger
-            while not stop and len(batch) < self._batch_size:
-                try:
-                    item = self._pending.get(timeout=max(0.0, until - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            if batch:
+            # Read before the last drain: a row recorded after `close` began is written too.
+            stopping = self._stopping.wait(self._linger)
+            while self._pending:
+                batch = [
+                    self._pending.popleft()
+                    for _ in range(min(self._batch_size, len(self._pending)))
+                ]
                 self._insert(batch)
-            if stop:
+            if stopping:
                 return
 
     def _insert(self, batch: list[UsageRecord]) -> None:
