@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,21 +17,33 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+# Rows kept by `read_one` at most: bounded, whatever the number of tokens presented.
+_HOT_READS = 4096
+
+
 class Database:
     """One SQLAlchemy engine and its session factory. Thread-safe; used from worker threads."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        on_file = False
         if url.startswith("sqlite"):
             database = url.split("///", 1)[-1]
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+                on_file = True
         # A pre-ping finds server connections the network dropped; a SQLite file has none, and
         # the ping would be a second query on every request's token check.
         self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._hot_reads: OrderedDict[tuple[int, tuple[Any, ...]], Row[Any]] = OrderedDict()
+        self._hot_lock = threading.Lock()
+        self._seen_version: int | None = None
+        self._change_watch: Any = None  # a SQLite file's own connection for data_version
+        if on_file:
+            self._change_watch = self.engine.raw_connection()
 
     @property
     def is_sqlite(self) -> bool:
@@ -49,12 +63,43 @@ class Database:
             yield session
 
     def read_one(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
-        """The first row of one read, on a plain connection: the request path's lookups, where
-        an ORM session's bookkeeping would cost more than the query."""
+        """The first row of one read: the request path's lookups (tokens, app keys).
+
+        On a SQLite file, rows found are kept until any connection, in any process, commits to
+        the database: SQLite's `PRAGMA data_version` on a connection of our own says so in a few
+        microseconds, where the read through SQLAlchemy took 0.3 ms per request in the server. A
+        token revoked by the CLI is therefore refused from the next request on, as before."""
+        if self._change_watch is None:
+            return self._read_one(statement, parameters)
+        key = (id(statement), tuple(sorted(parameters.items())))
+        with self._hot_lock:
+            version = self._change_watch.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._seen_version:
+                self._hot_reads.clear()
+                self._seen_version = version
+            kept = self._hot_reads.get(key)
+            if kept is not None:
+                self._hot_reads.move_to_end(key)
+                return kept
+        # Read after the version: a commit in between changes it, and the next call starts over.
+        row = self._read_one(statement, parameters)
+        if row is not None:
+            with self._hot_lock:
+                if self._seen_version == version:
+                    self._hot_reads[key] = row
+                    if len(self._hot_reads) > _HOT_READS:
+                        self._hot_reads.popitem(last=False)
+        return row
+
+    def _read_one(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
+        # A plain connection: an ORM session's bookkeeping would cost more than the query.
         with self.engine.connect() as connection:
             return connection.execute(statement, parameters).first()
 
     def close(self) -> None:
+        if self._change_watch is not None:
+            self._change_watch.close()
+            self._change_watch = None
         self.engine.dispose()
 
 
