@@ -1,5 +1,6 @@
-"""The remote engine: against an in-process fake upstream (httpx.MockTransport) for the faults
-that cannot be made real on demand, then against two real `python -m llama_cpp.server` replicas.
+"""The remote engine: against in-process fake upstreams (aiohttp servers on loopback, each
+misbehaving on demand) for the faults a real model server will not show when asked, then against
+two real `python -m llama_cpp.server` replicas.
 
 The fake-upstream tests need no model and run in well under a second each; the real ones are
 marked `model` and `slow`.
@@ -12,10 +13,16 @@ import json
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from qfserve.engines.base import Delta, GenerationRequest, SamplingParams
 from qfserve.engines.registry import bundled_model_path
@@ -29,9 +36,21 @@ from tests.servers import free_port
 
 T = TypeVar("T")
 
+_CUT = b"(the fake cuts the connection here)"
+# The fakes started by the running scenario: `run` stops them, whatever the scenario did.
+_fakes: list[FakeUpstream] = []
+
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 60))
+    async def scenario() -> T:
+        try:
+            return await asyncio.wait_for(coro, 60)
+        finally:
+            for fake in _fakes:
+                await fake.stop()
+            _fakes.clear()
+
+    return asyncio.run(scenario())
 
 
 def chat(max_tokens: int = 8, stop: tuple[str, ...] = (), **sampling: Any) -> GenerationRequest:
@@ -58,28 +77,14 @@ def text_of(deltas: list[Delta]) -> str:
 # -- the fake upstream -----------------------------------------------------------------------
 
 
-class _Body(httpx.AsyncByteStream):
-    """A streamed body that tells the fake when the client closed it."""
-
-    def __init__(self, fake: FakeUpstream, host: str, parts: AsyncIterator[bytes]) -> None:
-        self._fake, self._host, self._parts = fake, host, parts
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._parts:
-            yield part
-
-    async def aclose(self) -> None:
-        self._fake.closed[self._host] = self._fake.closed.get(self._host, 0) + 1
-        await self._parts.aclose()  # type: ignore[attr-defined]
-
-
 @dataclass
 class FakeUpstream:
-    """Replicas keyed by host, each doing as `behaviors` says (default "ok"):
-    ok, 503, 429, 400, refuse (connection refused), hang (no headers), die (cut after the first
-    chunk), gated (waits on `gate` after the first chunk), error_event (a vLLM-style error),
-    stale (its next GET fails as a keep-alive connection the upstream closed does, then "ok"),
-    stale_post (the same for its next POST)."""
+    """Replicas by name, each a real HTTP server on loopback doing as `behaviors` says (default
+    "ok"): ok, 503, 429, 400, hang (no headers), die (connection cut after the first chunk),
+    gated (waits on `gate` after chunk number `gate_after`), error_event (a vLLM-style error),
+    stale (its next GET is met by a closed connection, as a keep-alive connection the upstream
+    closed just as it was reused is, then "ok"), stale_post (the same for its next POST).
+    `kill` stops a replica for good: its port then refuses connections."""
 
     behaviors: dict[str, str] = field(default_factory=dict)
     chunks: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
@@ -87,42 +92,74 @@ class FakeUpstream:
         default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 3}
     )
     finish: str = "stop"
-    health: dict[str, int] = field(default_factory=dict)  # "host/path": status
+    gate_after: int = 0
+    health: dict[str, int] = field(default_factory=dict)  # "name/path": status
     posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     gets: list[str] = field(default_factory=list)
-    closed: dict[str, int] = field(default_factory=dict)
+    closed: dict[str, int] = field(default_factory=dict)  # streams the client walked away from
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    _runners: dict[str, web.AppRunner] = field(default_factory=dict)
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
+    def __post_init__(self) -> None:
+        _fakes.append(self)
 
-    def served(self, host: str) -> int:
-        return sum(1 for h, _, _ in self.posts if h == host)
+    async def serve(self, name: str) -> str:
+        """Start replica `name`; its base URL."""
 
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        behavior = self.behaviors.get(host, "ok")
-        if behavior == "refuse":
-            raise httpx.ConnectError("connection refused", request=request)
-        if behavior == "stale" and request.method == "GET":
-            self.behaviors[host] = "ok"
-            raise httpx.ReadError("", request=request)
-        if behavior == "stale_post" and request.method == "POST":
-            self.behaviors[host] = "ok"
-            raise httpx.ReadError("", request=request)
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(name, request)
+
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", handle)
+        # Cancelled handlers are how a client's disconnect shows on the server side.
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self._runners[name] = runner
+        return f"http://127.0.0.1:{port}"
+
+    async def kill(self, name: str) -> None:
+        await self._runners.pop(name).cleanup()
+
+    async def stop(self) -> None:
+        for name in list(self._runners):
+            await self.kill(name)
+
+    def served(self, name: str) -> int:
+        return sum(1 for n, _, _ in self.posts if n == name)
+
+    async def _handle(self, name: str, request: web.Request) -> web.StreamResponse:
+        behavior = self.behaviors.get(name, "ok")
+        if (behavior, request.method) in (("stale", "GET"), ("stale_post", "POST")):
+            self.behaviors[name] = "ok"
+            assert request.transport is not None
+            request.transport.close()  # no answer at all: the connection just closes
+            return web.Response()
         if request.method == "GET":
-            self.gets.append(f"{host}{request.url.path}")
-            return httpx.Response(self.health.get(f"{host}{request.url.path}", 200), json={})
-        body = json.loads(request.content)
-        self.posts.append((host, request.url.path, body))
+            self.gets.append(f"{name}{request.path}")
+            return web.json_response({}, status=self.health.get(f"{name}{request.path}", 200))
+        body = await request.json()
+        self.posts.append((name, request.path, body))
         if behavior in ("503", "429", "400"):
-            return httpx.Response(int(behavior), json={"error": behavior})
+            return web.json_response({"error": behavior}, status=int(behavior))
         if behavior == "hang":
             await asyncio.sleep(3600)
-        events = self._events(behavior, chat=request.url.path.endswith("/chat/completions"))
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=_Body(self, host, events)
-        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chat = request.path.endswith("/chat/completions")
+        try:
+            async for event in self._events(behavior, chat=chat):
+                if event == _CUT:
+                    assert request.transport is not None
+                    request.transport.abort()  # a reset, mid-body
+                    return response
+                await response.write(event)
+        except asyncio.CancelledError:
+            self.closed[name] = self.closed.get(name, 0) + 1
+            raise
+        await response.write_eof()
+        return response
 
     async def _events(self, behavior: str, *, chat: bool) -> AsyncIterator[bytes]:
         def event(payload: object) -> bytes:
@@ -138,8 +175,10 @@ class FakeUpstream:
             part = {"delta": {"content": text}} if chat else {"text": text}
             yield event({"choices": [{"index": 0, **part, "finish_reason": None}]})
             if n == 0 and behavior == "die":
-                raise httpx.ReadError("connection reset by peer")
-            if n == 0 and behavior == "gated":
+                await asyncio.sleep(0.05)  # the first chunk reaches the client before the cut
+                yield _CUT
+                return
+            if n == self.gate_after and behavior == "gated":
                 await self.gate.wait()
         done: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         yield event({"choices": [{"index": 0, **done, "finish_reason": self.finish}]})
@@ -148,12 +187,25 @@ class FakeUpstream:
         yield b"data: [DONE]\n\n"
 
 
-async def started(fake: FakeUpstream, *hosts: str, **settings: Any) -> RemoteEngine:
-    upstreams = tuple(f"http://{host}:8000" for host in hosts or ("a", "b"))
+async def until(condition: Any, seconds: float = 5.0) -> None:
+    """The server side sees a disconnect a moment after the client made it."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.005)
+
+
+async def started(fake: FakeUpstream, *names: str, **settings: Any) -> RemoteEngine:
+    """An engine on replicas `names` (default a and b), started; one whose behavior is
+    "refuse" gets a port nothing listens on."""
+    upstreams = []
+    for name in names or ("a", "b"):
+        if fake.behaviors.get(name) == "refuse":
+            upstreams.append(f"http://127.0.0.1:{free_port()}")
+        else:
+            upstreams.append(await fake.serve(name))
     options: dict[str, Any] = {"model": "m", "health_interval": 3600.0, **settings}
-    engine = RemoteEngine(
-        "remote", RemoteSettings(upstreams=upstreams, **options), transport=fake.transport()
-    )
+    engine = RemoteEngine("remote", RemoteSettings(upstreams=tuple(upstreams), **options))
     await engine.start()
     return engine
 
@@ -201,34 +253,28 @@ def test_request_body_maps_sampling_and_messages() -> None:
         request_body("m", GenerationRequest("r", [1], SamplingParams(max_tokens=1)))
 
 
-def test_every_httpx_exception_is_translated() -> None:
-    request = httpx.Request("GET", "http://h")
-    expected = {
-        httpx.ConnectError: Failure.CONNECT,
-        httpx.ConnectTimeout: Failure.CONNECT,
-        httpx.ReadTimeout: Failure.TIMEOUT,
-        httpx.PoolTimeout: Failure.TIMEOUT,
-        httpx.ReadError: Failure.CONNECT,
-        httpx.RemoteProtocolError: Failure.CONNECT,
-        httpx.DecodingError: Failure.PROTOCOL,
-        httpx.StreamClosed: Failure.PROTOCOL,
-    }
-    classes: list[type[Any]] = [
-        c
-        for c in vars(httpx).values()
-        if isinstance(c, type) and issubclass(c, httpx.HTTPError | httpx.StreamError)
+def test_aiohttp_exceptions_are_translated() -> None:
+    key: Any = SimpleNamespace(host="h", port=8000, ssl=True)  # the connection's, as printed
+    url = URL("http://h:8000/v1/chat/completions")
+    asked = aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
+    expected = [
+        (refused, Failure.CONNECT),
+        (aiohttp.ClientConnectorDNSError(key, OSError(-2, "unknown host")), Failure.CONNECT),
+        (aiohttp.ConnectionTimeoutError("connect"), Failure.CONNECT),
+        (aiohttp.InvalidURL("nowhere"), Failure.CONNECT),
+        (aiohttp.SocketTimeoutError("read"), Failure.TIMEOUT),
+        (aiohttp.ServerTimeoutError("read"), Failure.TIMEOUT),
+        (aiohttp.ServerDisconnectedError(), Failure.CONNECT),
+        (aiohttp.ClientConnectionResetError("reset"), Failure.CONNECT),
+        (aiohttp.ClientOSError(104, "reset"), Failure.CONNECT),
+        (aiohttp.ClientPayloadError("cut short"), Failure.CONNECT),
+        (aiohttp.TooManyRedirects(asked, ()), Failure.PROTOCOL),
+        (LineTooLong(b"data: ...", 131072), Failure.PROTOCOL),
+        (BadHttpMessage("not HTTP"), Failure.PROTOCOL),
     ]
-    assert len(classes) > 20
-    for cls in classes:
-        make: Any = cls
-        if cls is httpx.HTTPStatusError:
-            exc = make("x", request=request, response=httpx.Response(500))
-        elif issubclass(cls, httpx.StreamError) and cls is not httpx.StreamError:
-            exc = make()  # its subclasses write their own message
-        else:
-            exc = make("x")
-        kind = translate(exc).kind
-        assert kind is expected.get(cls, kind), cls
+    for exc, kind in expected:
+        assert translate(exc).kind is kind, exc
 
 
 def test_estimate_is_qianfans_rule() -> None:
@@ -298,7 +344,7 @@ def test_connection_error_fails_over_and_marks_the_replica_down() -> None:
     async def scenario() -> None:
         fake = FakeUpstream()
         engine = await started(fake)
-        fake.behaviors["a"] = "refuse"  # up at the health check, gone by the request
+        await fake.kill("a")  # up at the health check, gone by the request
         try:
             assert text_of(await collect(engine, chat())) == "Hello world"
             assert [r.healthy for r in engine.replica_stats()] == [False, True]
@@ -350,7 +396,10 @@ def test_when_no_replica_answers(behaviors: dict[str, str], error: type[Exceptio
     async def scenario() -> None:
         fake = FakeUpstream()
         engine = await started(fake)
-        fake.behaviors.update(behaviors)
+        for name, behavior in behaviors.items():
+            if behavior == "refuse":
+                await fake.kill(name)
+            fake.behaviors[name] = behavior
         try:
             with pytest.raises(error):
                 await collect(engine, chat())
@@ -406,13 +455,17 @@ def test_usage_reconciles_the_token_counts() -> None:
 
 def test_stop_strings_and_finish_reasons() -> None:
     async def scenario() -> None:
-        fake = FakeUpstream(chunks=["Hello", " ST", "OP", " more"], usage=None, finish="length")
+        fake = FakeUpstream(
+            chunks=["Hello", " ST", "OP", " more"], usage=None, finish="length", gate_after=2
+        )
+        fake.behaviors["a"] = "gated"  # the answer goes on after "OP" only if read further
         engine = await started(fake, "a")
         try:
             deltas = await collect(engine, chat(stop=("STOP",)))
             assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello ", "stop")
             assert sum(d.token_count for d in deltas) == 3
-            assert fake.closed == {"a": 1}  # the upstream was not read to the end
+            await until(lambda: fake.closed == {"a": 1})  # the upstream was not read to the end
+            fake.behaviors["a"] = "ok"
             deltas = await collect(engine, chat())
             assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello STOP more", "length")
         finally:
@@ -444,8 +497,8 @@ def test_closing_or_cancelling_the_generator_closes_the_upstream_stream() -> Non
             await anext(generator)
             assert engine.replica_stats()[0].outstanding == 1
             await generator.aclose()  # type: ignore[attr-defined]
-            assert fake.closed == {"a": 1}
             assert engine.replica_stats()[0].outstanding == 0 and engine.stats().running == 0
+            await until(lambda: fake.closed == {"a": 1})
 
             async def consume() -> None:
                 async for _ in engine.generate(chat()):
@@ -457,7 +510,8 @@ def test_closing_or_cancelling_the_generator_closes_the_upstream_stream() -> Non
             await asyncio.sleep(0.05)  # now waiting on the gated stream
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            assert fake.closed == {"a": 2} and engine.stats().running == 0
+            assert engine.stats().running == 0
+            await until(lambda: fake.closed == {"a": 2})
         finally:
             await engine.close()
 
@@ -480,7 +534,7 @@ def test_drain_refuses_new_requests_and_ends_running_ones() -> None:
             assert not engine.ready
             with pytest.raises(EngineUnavailable):
                 await collect(engine, chat())
-            assert fake.closed == {"a": 1}
+            await until(lambda: fake.closed == {"a": 1})
         finally:
             await engine.close()
 
@@ -496,7 +550,7 @@ def test_health_checks() -> None:
             assert engine.ready
             assert [r.healthy for r in engine.replica_stats()] == [True, False, False]
             assert "a/v1/models" in fake.gets
-            fake.behaviors["a"] = "refuse"
+            await fake.kill("a")
             fake.health["c/health"] = 200
             for _ in range(100):
                 if [r.healthy for r in engine.replica_stats()] == [False, False, True]:
@@ -559,8 +613,9 @@ def test_a_request_on_a_closed_keepalive_connection_is_sent_again() -> None:
 def test_a_local_gguf_gives_exact_token_counts_and_the_template() -> None:
     async def scenario() -> None:
         fake = FakeUpstream()
-        settings = RemoteSettings(upstreams=("http://a",), tokenizer=str(bundled_model_path()))
-        engine = RemoteEngine("remote", settings, transport=fake.transport())
+        url = await fake.serve("a")
+        settings = RemoteSettings(upstreams=(url,), tokenizer=str(bundled_model_path()))
+        engine = RemoteEngine("remote", settings)
         with pytest.raises(EngineUnavailable):
             engine.tokenize("not loaded yet")
         await engine.start()

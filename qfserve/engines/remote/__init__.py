@@ -3,7 +3,7 @@ llama.cpp's llama-server, llama-cpp-python's server) behind the Engine protocol.
 
     engine.py   RemoteEngine and RemoteSettings: routing, failover, cancellation, drain
     pool.py     replica state, the least-outstanding choice, active health checks
-    wire.py     request bodies, the streamed chunks, httpx's exceptions translated
+    wire.py     request bodies, the streamed chunks, aiohttp's exceptions translated
     tokens.py   token counts: a local GGUF's vocabulary, or Qianfan's estimate
 """
 

@@ -1,41 +1,34 @@
 """One try of one generation on one replica, and the call it belongs to.
 
-`Call.bounded` is the one place network waits happen and httpx's exceptions are translated;
-`Attempt` reads the replica's event stream chunk by chunk and closes it, shielded, when done.
+`Call.bounded` is the one place network waits happen and aiohttp's exceptions are translated;
+`Attempt` reads the replica's event stream line by line and closes it when done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
-import httpx
+import aiohttp
 
 from qfserve.engines.remote.pool import Replica
 from qfserve.engines.remote.wire import (
+    CLIENT_ERRORS,
     DONE,
-    STALE_CONNECTION,
     AttemptFailed,
     Chunk,
     Failure,
+    is_stale_connection,
     parse_line,
     status_failure,
     translate,
 )
 from qfserve.errors import QfserveError
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-
-# Closing a response only writes a FIN; bounded anyway so a wedged socket cannot hold a
-# cancelled request.
-_CLOSE_SECONDS = 2.0
 
 
 @dataclass(eq=False, slots=True)
@@ -61,7 +54,7 @@ class Call:
 
     async def bounded(self, deadline: float, step: Callable[[], Awaitable[T]]) -> T:
         """Await one network step until `deadline` (the event loop's clock) or an abort, with
-        httpx's exceptions translated: this is the only place they enter."""
+        aiohttp's exceptions translated: this is the only place they enter."""
         if self.failure is not None:
             raise self.failure
         task = asyncio.current_task()
@@ -69,6 +62,9 @@ class Call:
         try:
             async with asyncio.timeout_at(deadline):
                 return await step()
+        # Before TimeoutError: aiohttp's own timeouts (connecting) are TimeoutErrors too.
+        except CLIENT_ERRORS as exc:
+            raise translate(exc) from exc
         except TimeoutError:
             raise AttemptFailed(Failure.TIMEOUT, "no answer before the deadline") from None
         except asyncio.CancelledError:
@@ -77,22 +73,19 @@ class Call:
                 assert self.failure is not None
                 raise self.failure from None
             raise
-        except (httpx.HTTPError, httpx.StreamError) as exc:
-            raise translate(exc) from exc
         finally:
             self.waiting, self.aborting = None, False
 
 
 class Attempt:
-    """One try on one replica: its streamed response, read chunk by chunk. It counts as
+    """One try on one replica: its streamed response, read line by line. It counts as
     outstanding on the replica from creation until `close`."""
 
     def __init__(self, replica: Replica, *, chat: bool) -> None:
         self.replica = replica
         self.chat = chat
         self.done = False  # the upstream sent `data: [DONE]`
-        self._response: httpx.Response | None = None
-        self._lines: AsyncIterator[str] | None = None
+        self._response: aiohttp.ClientResponse | None = None
         self._ended = False
         self._first: deque[Chunk] = deque()  # read while looking for the first token
         self._closed = False
@@ -100,22 +93,30 @@ class Attempt:
         replica.requests += 1
 
     async def open(
-        self, client: httpx.AsyncClient, call: Call, request: httpx.Request, deadline: float
+        self,
+        session: aiohttp.ClientSession,
+        call: Call,
+        url: str,
+        body: dict[str, Any],
+        deadline: float,
     ) -> None:
         """Send the request and read up to the first token: the last point of failover."""
+
+        async def send() -> aiohttp.ClientResponse:
+            return await session.post(url, json=body)
+
         try:
-            response = await call.bounded(deadline, lambda: client.send(request, stream=True))
+            response = await call.bounded(deadline, send)
         except AttemptFailed as exc:
-            if not isinstance(exc.__cause__, STALE_CONNECTION):
+            if not is_stale_connection(exc):
                 raise
             # Sent again on a new connection; a replica really gone fails again, with a
             # connection error, and is failed over as before.
-            response = await call.bounded(deadline, lambda: client.send(request, stream=True))
+            response = await call.bounded(deadline, send)
         self._response = response
-        if not response.is_success:
-            body = await call.bounded(deadline, response.aread)
-            raise status_failure(response.status_code, body.decode(errors="replace"))
-        self._lines = response.aiter_lines()
+        if not 200 <= response.status < 300:
+            body_text = await call.bounded(deadline, response.read)
+            raise status_failure(response.status, body_text.decode(errors="replace"))
         while (chunk := await self._read(call, deadline)) is not None:
             self._first.append(chunk)
             if chunk.text or chunk.finish_reason:
@@ -149,24 +150,22 @@ class Attempt:
         return None
 
     async def _next_line(self) -> str | None:
-        if self._lines is None:
+        if self._response is None:
             return None
-        try:
-            return await anext(self._lines)
-        except StopAsyncIteration:
-            return None
+        line = await self._response.content.readline()
+        if not line:
+            return None  # the end of the body
+        # Whole lines, so no character is split; what is not UTF-8 fails as JSON later.
+        return line.decode(errors="replace").rstrip("\r\n")
 
-    async def close(self) -> None:
-        """Idempotent. Shielded: a cancelled generator must still close the connection, or the
-        upstream would keep generating for nobody."""
+    def close(self) -> None:
+        """Idempotent. A body read to its end has already gone back to the pool; one that was
+        not is closed with its connection, so the upstream sees the disconnect and stops
+        generating for nobody. Synchronous: nothing to wait for, so nothing a cancellation could
+        interrupt."""
         if self._closed:
             return
         self._closed = True
         self.replica.outstanding -= 1
-        if self._response is None:
-            return
-        with anyio.move_on_after(_CLOSE_SECONDS, shield=True):
-            try:
-                await self._response.aclose()
-            except httpx.HTTPError as exc:
-                log.debug("closing a response from %s: %r", self.replica.url, exc)
+        if self._response is not None:
+            self._response.close()

@@ -11,11 +11,15 @@ One generation:
    reconciles the token count with the upstream's usage when it sends one.
 
 Cancellation: closing or cancelling the generator closes the upstream response, which closes its
-connection (httpx never returns a half-read connection to the pool), so the upstream sees the
-disconnect and stops generating. `drain` and `close` end running generations by cancelling the
+connection (a half-read one never goes back to the pool), so the upstream sees the disconnect
+and stops generating. `drain` and `close` end running generations by cancelling the
 read they wait in (`Call.abort`), so nothing polls.
 
 Everything runs on the event loop; `stats` and `replica_stats` only read counters.
+
+The HTTP client is aiohttp: in front of an upstream that answers at once, its first token came
+0.4-0.5 ms sooner than httpx's (0.4 against 0.85-0.95 ms per request, on this project's 2-core
+machine), and that per-request cost is most of what a gateway adds.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
+import aiohttp
 import anyio
-import httpx
 
 from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, GenerationRequest
 from qfserve.engines.remote.attempt import Attempt, Call
@@ -65,38 +69,15 @@ class RemoteSettings:
 
 
 class RemoteEngine:
-    def __init__(
-        self,
-        name: str,
-        settings: RemoteSettings,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
-    ) -> None:
+    def __init__(self, name: str, settings: RemoteSettings) -> None:
         if not settings.upstreams:
             raise ValueError(f"endpoint {name}: a remote engine needs at least one upstream")
         self._name = name
         self._settings = settings
         self._replicas = [Replica(base_url(url)) for url in settings.upstreams]
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            headers=headers,
-            # Reads and waits for a pooled connection are bounded by our own deadlines (first
-            # token, then per chunk), which httpx's per-operation read timeout cannot express.
-            timeout=httpx.Timeout(settings.connect_timeout, read=None, pool=None),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-                # Under the 5 s idle timeout of uvicorn (vLLM's and SGLang's server) and
-                # llama-server: we drop an idle connection before the upstream does, instead of
-                # reusing one it is closing (a ReadError, which would mark the replica down).
-                keepalive_expiry=4.0,
-            ),
-            # Upstreams are on the serving network: an HTTP(S)_PROXY meant for the internet
-            # must not capture them.
-            trust_env=False,
-        )
-        self._checker = HealthChecker(self._client, self._replicas, timeout=settings.health_timeout)
+        # Made in `start`: an aiohttp session belongs to the running event loop.
+        self._session: aiohttp.ClientSession | None = None
+        self._checker: HealthChecker | None = None
         self._vocab: GgufVocab | None = None
         self._info = EngineInfo(
             name=name,
@@ -136,6 +117,27 @@ class RemoteEngine:
                 model_name=self._settings.model or vocab.metadata.get("general.name", ""),
                 metadata={**vocab.metadata, **self._info.metadata},
             )
+        settings = self._settings
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            # Reads and waits for a pooled connection are bounded by our own deadlines (first
+            # token, then per chunk); aiohttp bounds only the TCP connect.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+            connector=aiohttp.TCPConnector(
+                limit=settings.max_connections,
+                # Under the 5 s idle timeout of uvicorn (vLLM's and SGLang's server) and
+                # llama-server: we drop an idle connection before the upstream does, instead of
+                # reusing one it is closing.
+                keepalive_timeout=4.0,
+            ),
+            # Upstreams are on the serving network: an HTTP(S)_PROXY meant for the internet
+            # must not capture them.
+            trust_env=False,
+        )
+        self._checker = HealthChecker(
+            self._session, self._replicas, timeout=settings.health_timeout
+        )
         await self._checker.check_all()
         self._started = True
         self._health_task = asyncio.create_task(self._watch(), name=f"health-{self._name}")
@@ -144,6 +146,7 @@ class RemoteEngine:
         log.log(level, "endpoint %s: %d of %d upstreams up", self._name, up, len(self._replicas))
 
     async def _watch(self) -> None:
+        assert self._checker is not None  # made before this task
         while True:
             await asyncio.sleep(self._settings.health_interval)
             try:
@@ -165,7 +168,9 @@ class RemoteEngine:
             self._health_task.cancel()
             await asyncio.wait([self._health_task])
             self._health_task = None
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         if self._vocab is not None:
             self._vocab.close()
             self._vocab = None
@@ -196,7 +201,8 @@ class RemoteEngine:
         return [replica.snapshot() for replica in self._replicas]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if self._closing or not self._started:
+        session = self._session
+        if self._closing or not self._started or session is None:
             raise EngineUnavailable()
         path, body = request_body(self._settings.model, request)
         call = Call(request.request_id)
@@ -210,7 +216,7 @@ class RemoteEngine:
         usage: Usage | None = None
         finish: FinishReason | None = None
         try:
-            attempt = await self._open(call, path, body)
+            attempt = await self._open(session, call, path, body)
             while (
                 chunk := await self._next(call, attempt, finished=finish is not None)
             ) is not None:
@@ -232,7 +238,7 @@ class RemoteEngine:
                     self._failed(call, attempt.replica, cut, "mid-answer")
                     raise EngineUnavailable() from cut
                 finish = "stop"
-            await attempt.close()  # the answer is complete: free the replica before the caller
+            attempt.close()  # the answer is complete: free the replica before the caller
             last = pending
             if usage is not None and usage.completion_tokens is not None:
                 last = max(0, usage.completion_tokens - sent)
@@ -241,7 +247,7 @@ class RemoteEngine:
             yield Delta(stops.flush(), last, finish, prompt)
         finally:
             if attempt is not None:
-                await attempt.close()
+                attempt.close()
                 known = usage.prompt_tokens if usage is not None else None
                 self._prompt_tokens += len(request.prompt_tokens) if known is None else known
             self._generated_tokens += sent + pending
@@ -249,7 +255,9 @@ class RemoteEngine:
             if not self._calls:
                 self._idle.set()
 
-    async def _open(self, call: Call, path: str, body: dict[str, object]) -> Attempt:
+    async def _open(
+        self, session: aiohttp.ClientSession, call: Call, path: str, body: dict[str, object]
+    ) -> Attempt:
         """The first replica that streams a first token, trying each healthy one at most once."""
         tried: list[Replica] = []
         failures: list[AttemptFailed] = []
@@ -257,11 +265,10 @@ class RemoteEngine:
             self._turn += 1
             tried.append(replica)
             attempt = Attempt(replica, chat=path == CHAT_PATH)
-            request = self._client.build_request("POST", replica.url + path, json=body)
             deadline = asyncio.get_running_loop().time() + self._settings.first_token_timeout
             opened = False
             try:
-                await attempt.open(self._client, call, request, deadline)
+                await attempt.open(session, call, replica.url + path, body, deadline)
                 opened = True
                 return attempt
             except AttemptFailed as exc:
@@ -273,7 +280,7 @@ class RemoteEngine:
                 failures.append(exc)
             finally:
                 if not opened:
-                    await attempt.close()
+                    attempt.close()
         if any(f.kind is Failure.BUSY for f in failures):
             # Some replica is alive but full: waiting and retrying is the right advice.
             raise OverloadedError()

@@ -12,9 +12,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import httpx
+import aiohttp
 
-from qfserve.engines.remote.wire import STALE_CONNECTION
+from qfserve.engines.remote.wire import CLIENT_ERRORS, AttemptFailed, Failure, translate
 
 log = logging.getLogger(__name__)
 
@@ -77,39 +77,38 @@ class HealthChecker:
     says nothing about its health while our own streams on it are flowing."""
 
     def __init__(
-        self, client: httpx.AsyncClient, replicas: Sequence[Replica], *, timeout: float
+        self, session: aiohttp.ClientSession, replicas: Sequence[Replica], *, timeout: float
     ) -> None:
-        self._client = client
+        self._session = session
         self._replicas = replicas
-        self._timeout = httpx.Timeout(timeout)
+        self._timeout = timeout
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(replica) for replica in self._replicas))
 
     async def check(self, replica: Replica) -> None:
         try:
-            response = await self._get(replica, replica.probe_path)
-            if response.status_code in (404, 405, 501) and replica.probe_path == HEALTH_PATH:
+            status = await self._probe(replica.url + replica.probe_path)
+            if status in (404, 405, 501) and replica.probe_path == HEALTH_PATH:
                 replica.probe_path = MODELS_PATH
-                response = await self._get(replica, MODELS_PATH)
-        except httpx.ConnectTimeout as exc:
-            replica.mark(False, f"health check: {exc!r}")
+                status = await self._probe(replica.url + MODELS_PATH)
+        except AttemptFailed as exc:
+            if exc.kind is Failure.TIMEOUT and replica.outstanding:
+                return  # busy with our own streams, which say more than a slow probe
+            replica.mark(False, f"health check: {exc}")
             return
-        except httpx.TimeoutException as exc:
-            if replica.outstanding == 0:
-                replica.mark(False, f"health check: {exc!r}")
-            return
-        except httpx.HTTPError as exc:
-            replica.mark(False, f"health check: {exc!r}")
-            return
-        replica.mark(
-            response.is_success,
-            f"health check: HTTP {response.status_code} on {replica.probe_path}",
-        )
+        replica.mark(200 <= status < 300, f"health check: HTTP {status} on {replica.probe_path}")
 
-    async def _get(self, replica: Replica, path: str) -> httpx.Response:
-        # A stale connection says nothing about the replica: probe again, on a new one.
+    async def _probe(self, url: str) -> int:
+        """The status of one GET, its body read so the connection goes back to the pool. A GET
+        met by a pooled connection the upstream just closed is sent again by aiohttp itself
+        (RFC 9112's retry of idempotent requests), so a stale connection is no failure here."""
         try:
-            return await self._client.get(replica.url + path, timeout=self._timeout)
-        except STALE_CONNECTION:
-            return await self._client.get(replica.url + path, timeout=self._timeout)
+            async with asyncio.timeout(self._timeout), self._session.get(url) as response:
+                await response.read()
+                return response.status
+        # Before TimeoutError: aiohttp's own timeouts (connecting) are TimeoutErrors too.
+        except CLIENT_ERRORS as exc:
+            raise translate(exc) from exc
+        except TimeoutError as exc:
+            raise AttemptFailed(Failure.TIMEOUT, "no answer in time") from exc

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible wire: request bodies, streamed chunks, and httpx's exceptions translated.
+"""The OpenAI-compatible wire: request bodies, streamed chunks, and aiohttp's exceptions translated.
 
 Upstreams differ in small ways absorbed here:
 - usage: vLLM, SGLang and llama-server end the stream with a chunk carrying `usage` and no
@@ -8,8 +8,8 @@ Upstreams differ in small ways absorbed here:
   `repeat_penalty`; each ignores the other's name, so both are sent.
 - errors after the headers: vLLM reports them as a `data: {"error": ...}` event, not a status.
 
-Everything httpx can raise becomes an `AttemptFailed` in `translate`, so the engine decides
-between failover and an error for the client from one `Failure` kind, never from httpx's types.
+Everything aiohttp can raise becomes an `AttemptFailed` in `translate`, so the engine decides
+between failover and an error for the client from one `Failure` kind, never from aiohttp's types.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
+import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from qfserve.engines.base import FinishReason, GenerationRequest
 from qfserve.errors import InternalError
 
 CHAT_PATH: Final = "/v1/chat/completions"
-# How a pooled keep-alive connection that the upstream closed just as we reused it fails, before
-# any answer: nothing reached the replica, and httpx drops that connection, so the same request
-# may go out once more on a new one.
-STALE_CONNECTION = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 COMPLETIONS_PATH: Final = "/v1/completions"
+# What aiohttp raises, all of it: its client errors, and its HTTP parser's for a malformed answer.
+CLIENT_ERRORS = (aiohttp.ClientError, HttpProcessingError)
 
 
 class Failure(enum.Enum):
@@ -159,17 +158,32 @@ def status_failure(status: int, body: str) -> AttemptFailed:
     return AttemptFailed(Failure.REJECTED, detail)
 
 
-def translate(exc: httpx.HTTPError | httpx.StreamError) -> AttemptFailed:
-    """httpx's exceptions, most specific first (its tree: `httpx/_exceptions.py`)."""
+def translate(exc: aiohttp.ClientError | HttpProcessingError) -> AttemptFailed:
+    """aiohttp's exceptions, most specific first (its tree: `aiohttp/client_exceptions.py`)."""
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | httpx.UnsupportedProtocol):
+    # Refused, unresolvable, no connection in time, or a URL no connection can be made to.
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return AttemptFailed(Failure.CONNECT, detail)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, aiohttp.InvalidURL):
+        return AttemptFailed(Failure.CONNECT, detail)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
         return AttemptFailed(Failure.TIMEOUT, detail)
-    # A connection that broke after it was made (reset, peer closed mid-body, truncated
-    # chunked encoding): most often the replica's process died.
-    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError):
+    # A connection that broke after it was made (reset, closed before the answer, a body cut
+    # short): most often the replica's process died.
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
         return AttemptFailed(Failure.CONNECT, detail)
-    # Bad content encoding, redirects, a closed or consumed stream, an invalid URL: not the
+    # An answer that is not HTTP, a line past the reader's limit, a redirect loop: not the
     # OpenAI streaming format we asked for.
     return AttemptFailed(Failure.PROTOCOL, detail)
+
+
+def is_stale_connection(failure: AttemptFailed) -> bool:
+    """Whether a failure before any answer is how a pooled keep-alive connection that the
+    upstream closed just as we reused it fails: nothing reached the replica, and the connection is
+    dropped, so the same request may go out once more on a new one. A refused connection is not
+    one: it was new."""
+    cause = failure.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return False
+    stale = aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError
+    return isinstance(cause, stale | aiohttp.ClientOSError)
