@@ -186,28 +186,33 @@ async def _chunks(
     call: Call,
 ) -> AsyncIterator[bytes]:
     model, outcome, tokens = body.model, CLIENT_GONE, 0
+    # Events due together go out in one write: the role's chunk with the first token's, the
+    # finish with the usage and [DONE]. A write is a system call and a wake-up of the client.
+    head = render.chunk(response_id, model, {"role": "assistant", "content": ""})
     try:
-        yield render.chunk(response_id, model, {"role": "assistant", "content": ""})
         delta: Delta | None = first
         while delta is not None:
             tokens += delta.token_count
+            out, head = head, b""
             if delta.text:
-                yield render.chunk(response_id, model, {"content": delta.text})
+                out += render.chunk(response_id, model, {"content": delta.text})
             if delta.finish_reason is not None:
                 call.safety_category = prepared.flag.category
                 flagged = call.safety_category is not None
                 reason = "content_filter" if flagged else _FINISH[delta.finish_reason]
-                yield render.chunk(response_id, model, {}, reason)
+                out += render.chunk(response_id, model, {}, reason)
                 if body.stream_options and body.stream_options.include_usage:
-                    yield render.usage_chunk(response_id, model, prepared.prompt_tokens, tokens)
-                yield render.DONE
+                    out += render.usage_chunk(response_id, model, prepared.prompt_tokens, tokens)
+                yield out + render.DONE
                 outcome = 0
                 return
+            if out:
+                yield out
             delta = await anext(rest, None)
     except QfserveError as error:
         outcome = error.code
-        yield render.sse({"error": {"message": error.message, "code": str(error.code)}})
-        yield render.DONE
+        error_event = {"error": {"message": error.message, "code": str(error.code)}}
+        yield head + render.sse(error_event) + render.DONE
     finally:
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
