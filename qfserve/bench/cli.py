@@ -104,7 +104,9 @@ def bench(
     gateway: Annotated[
         bool,
         typer.Option(
-            help="Only measure what qfserve adds to time to first token in front of an upstream."
+            help="Only measure what qfserve adds to time to first token in front of an upstream "
+            "(--requests pairs in front of the model, default 400; 4 x as many in front of an "
+            "upstream that answers at once)."
         ),
     ] = False,
 ) -> None:
@@ -182,8 +184,8 @@ def _gateway(
         run_gateway(
             model=model or bundled_model_path(),
             threads=threads or EngineSettings().n_threads,
-            requests=requests or 100,
-            sampling=Sampling(max_tokens=min(max_tokens, 16), temperature=temperature, seed=seed),
+            requests=requests or 400,
+            sampling=Sampling(max_tokens=min(max_tokens, 4), temperature=temperature, seed=seed),
             console=console,
         )
     )

@@ -2,10 +2,21 @@
 
 Two upstreams, each a remote endpoint of one qfserve:
 - llama-cpp-python's OpenAI server on the bundled model: the issue's measurement, a real model
-  behind the gateway. Its own time to first token varies by tens of ms from one request to the
-  next here, so a few hundred pairs still leave the median difference uncertain by a few ms;
+  behind the gateway. Its own time to first token varies by 10-20% from one request to the
+  next on this machine, even for the same question (prefill on two busy cores): about +-100 ms
+  on the workload's longest questions, which no number of pairs makes small next to 2 ms. So
+  only the workload's short English questions are asked here (`_short_questions`): a first token
+  in about 100 ms, jitter of a few ms, and the gateway's cost does not depend on the question's
+  length. The model runs on one thread (`UPSTREAM_THREADS`), which leaves a core to the gateway
+  and the client: with both cores decoding, forwarding the first token waited for the scheduler,
+  a cost of sharing two cores, not of the gateway, which in deployment runs beside a GPU server;
 - an upstream that answers at once (`instant_upstream`): the difference is then the gateway's
-  own cost, with nothing to bury it.
+  own cost, with nothing to bury it;
+- the same upstream pausing `PAUSE_SECONDS` before its first token, using no CPU meanwhile: what
+  the wait alone adds to one more hop. On this machine (a VM) a process that waited that long is
+  woken on an idle virtual CPU, with cold caches; through qfserve two processes must wake where
+  directly one does, and that cost, not qfserve's code, is most of what the model section adds
+  beyond the instant one.
 
 Both are asked the same questions on the same OpenAI route (streaming), one at a time,
 alternating which goes first, so the two series of a pair see the same machine. The issue's
@@ -30,31 +41,40 @@ from qfserve.bench.stats import distribution, percentile
 from qfserve.bench.workload import Prompt, default_dir, load_prompts, request_messages
 
 TARGET_MS = 2.0
-DIRECT_TAG, VIA_TAG = "a", "b"
+# The tags of the first and the second request of each pair, whichever path goes first.
+FIRST_TAG, SECOND_TAG = "a", "b"
+UPSTREAM_THREADS = 1
 # Pairs against the instant upstream per pair against the model: they take milliseconds.
 INSTANT_FACTOR = 4
+PAUSE_SECONDS = 0.1
+# The workload's questions asked: the short English ones (3 of 16, 30 to 60 characters).
+MAX_QUESTION_CHARS = 64
 
 
 async def run_gateway(
     *, model: Path, threads: int, requests: int, sampling: Sampling, console: Console
 ) -> dict[str, Any]:
-    prompts = load_prompts(default_dir() / "prompts.json")
+    prompts = _short_questions(load_prompts(default_dir() / "prompts.json"))
     # Each server is stopped on the way out, in reverse order, whatever fails after it started.
     with tempfile.TemporaryDirectory(prefix="qfserve-gateway-") as folder, ExitStack() as stops:
         workdir = Path(folder)
         upstream = await start_llama_cpp_server(
-            model=model, threads=threads, n_ctx=2048, workdir=workdir
+            model=model, threads=UPSTREAM_THREADS, n_ctx=2048, workdir=workdir
         )
         stops.callback(upstream.stop)
         instant = await start_instant_upstream(workdir=workdir)
         stops.callback(instant.stop)
+        pausing = await start_instant_upstream(workdir=workdir, first_token_delay=PAUSE_SECONDS)
+        stops.callback(pausing.stop)
         config = workdir / "gateway.toml"
         config.write_text(
             '[[endpoints]]\nname = "llama_2_7b"\nengine = "remote"\n'
             f'model = "llama_2_7b"\nupstreams = ["{upstream.target.base_url}"]\n'
             "context_length = 2048\n\n"
             '[[endpoints]]\nname = "instant"\nengine = "remote"\n'
-            f'model = "instant"\nupstreams = ["{instant.target.base_url}"]\n'
+            f'model = "instant"\nupstreams = ["{instant.target.base_url}"]\n\n'
+            '[[endpoints]]\nname = "pausing"\nengine = "remote"\n'
+            f'model = "instant"\nupstreams = ["{pausing.target.base_url}"]\n'
         )
         gateway = await start_qfserve(
             model=None, threads=threads, workdir=workdir / "gateway", config=config
@@ -69,17 +89,49 @@ async def run_gateway(
             "qfserve -> instant upstream", Dialect.OPENAI,
             gateway.target.base_url + "/v1", "instant", api_key=token,
         )  # fmt: skip
+        via_pausing = Target(
+            f"qfserve -> {pausing.target.name}", Dialect.OPENAI,
+            gateway.target.base_url + "/v1", "pausing", api_key=token,
+        )  # fmt: skip
         real = await _pairs(upstream.target, via_model, prompts, requests, sampling, console)
         bare = await _pairs(
             instant.target, via_instant, prompts, requests * INSTANT_FACTOR, sampling, console
         )
+        paused = await _pairs(pausing.target, via_pausing, prompts, requests, sampling, console)
     return {
         "machine": machine(),
         "max_tokens": sampling.max_tokens,
+        "max_question_chars": MAX_QUESTION_CHARS,
+        "upstream_threads": UPSTREAM_THREADS,
         "target_ms": TARGET_MS,
         "model_upstream": real,
         "instant_upstream": bare,
+        "pause_seconds": PAUSE_SECONDS,
+        "pausing_upstream": paused,
     }
+
+
+def _short_questions(prompts: list[Prompt]) -> list[Prompt]:
+    """Chinese characters cost about two tokens each with the bundled model's vocabulary, so a
+    short Chinese question is not a short prompt: English ones only."""
+    return [p for p in prompts if p.lang == "en" and len(p.text) <= MAX_QUESTION_CHARS]
+
+
+def schedule(requests: int) -> list[tuple[int, bool, str]]:
+    """(question index, direct?, tag) for each request in order: the same question to both paths,
+    alternating which goes first, tagged by position in the pair.
+
+    Tags by position, not by path: each request then shares no more than the chat template's
+    opening with the one before it. Tagged by path, a request following the same path shared the
+    tag's letter and digits with it ("[a12]" after "[a11]"), two tokens of prefill that
+    llama-cpp-python's prefix reuse spared only the first request of each pair, which read as
+    8 ms of gateway overhead one way and -8 the other."""
+    order: list[tuple[int, bool, str]] = []
+    for index in range(requests):
+        direct_first = index % 2 == 0
+        order.append((index, direct_first, FIRST_TAG))
+        order.append((index, not direct_first, SECOND_TAG))
+    return order
 
 
 async def _pairs(
@@ -96,25 +148,22 @@ async def _pairs(
     async with httpx.AsyncClient() as client:
         for target in (direct, via):  # warm up both: first requests pay for lazy set-up
             await stream_chat(client, target, request_messages(prompts, 0, "warm"), sampling)
-        for index in range(requests):
-            order = (direct, via) if index % 2 == 0 else (via, direct)
-            # The same question to both, tagged differently so that neither is answered from the
-            # prompt cache the other just filled. The tags must cost the same prefill: equal
-            # characters are not enough ("[direct3]" is 3 tokens fewer than "[via-qf3]" for
-            # SmolLM2, which once passed for 12 ms of gateway overhead); one letter each is.
-            pair: dict[str, float] = {}
-            for target in order:
-                tag = DIRECT_TAG if target is direct else VIA_TAG
-                messages = request_messages(prompts, index, tag)
-                record = await stream_chat(client, target, messages, sampling)
-                if record.ttft_s is None:
-                    errors.append(record.error or "no first token")
-                else:
-                    pair[target.name] = record.ttft_s * 1000
-                    ttft[target.name].append(pair[target.name])
-            if len(pair) == 2:
-                paired.append(pair[via.name] - pair[direct.name])
-            console.print(f"gateway, {direct.name}: {index + 1}/{requests}", end="\r")
+        pair: dict[str, float] = {}
+        for index, is_direct, tag in schedule(requests):
+            target = direct if is_direct else via
+            record = await stream_chat(
+                client, target, request_messages(prompts, index, tag), sampling
+            )
+            if record.ttft_s is None:
+                errors.append(record.error or "no first token")
+            else:
+                pair[target.name] = record.ttft_s * 1000
+                ttft[target.name].append(pair[target.name])
+            if tag == SECOND_TAG:
+                if len(pair) == 2:
+                    paired.append(pair[via.name] - pair[direct.name])
+                pair = {}
+                console.print(f"gateway, {direct.name}: {index + 1}/{requests}", end="\r")
     # The median of per-question differences: prompts differ in length, so the difference of the
     # two medians mixes prefill time into what should be the gateway's own cost.
     added = distribution(paired)["p50"]
@@ -163,6 +212,8 @@ def report(results: dict[str, Any]) -> str:
             f"{m['ram_bytes'] / 2**30:.0f} GiB, load at start {m['load_average_at_start']}; "
             f"llama-cpp-python {m['llama_cpp_python']}, qfserve commit {m['git_commit']}",
             "- streaming requests, one at a time, the two paths alternating which goes first; "
+            f"the workload's English questions of up to {results['max_question_chars']} "
+            f"characters; llama_cpp.server on {results['upstream_threads']} thread; "
             f"max_tokens {results['max_tokens']}; OpenAI route on both sides; upstreams, "
             "qfserve and this client share the machine's cores",
             "- command: `qfserve bench --gateway --output bench/GATEWAY.md`",
@@ -171,6 +222,9 @@ def report(results: dict[str, Any]) -> str:
                       results["model_upstream"]),
             *_section("In front of an upstream that answers at once: the gateway's own cost",
                       results["instant_upstream"]),
+            *_section(f"In front of the same upstream pausing {results['pause_seconds'] * 1000:.0f}"
+                      " ms before its first token: what waiting costs one more hop",
+                      results["pausing_upstream"]),
             "```json",
             json.dumps(results, indent=1, default=str),
             "```",

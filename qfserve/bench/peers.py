@@ -247,9 +247,16 @@ async def start_llama_server(
     return await _start_openai_server(LLAMA_SERVER, command, port, endpoint, log, "/health")
 
 
-async def start_instant_upstream(*, workdir: Path) -> Peer:
-    """The gateway bench's upstream that answers at once (`instant_upstream`)."""
+async def start_instant_upstream(*, workdir: Path, first_token_delay: float = 0.0) -> Peer:
+    """The gateway bench's upstream that answers at once (`instant_upstream`), or after
+    `first_token_delay` seconds of doing nothing."""
     port = free_port()
     command = [sys.executable, "-m", "qfserve.bench.instant_upstream", "--port", str(port)]
-    log = workdir / "instant_upstream.log"
-    return await _start_openai_server("instant upstream", command, port, "instant", log, "/health")
+    command += ["--first-token-delay", str(first_token_delay)]
+    name = (
+        f"upstream pausing {first_token_delay * 1000:.0f} ms"
+        if first_token_delay
+        else "instant upstream"
+    )
+    log = workdir / f"instant_upstream_{port}.log"
+    return await _start_openai_server(name, command, port, "instant", log, "/health")

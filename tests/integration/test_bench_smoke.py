@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
 def test_gateway_tags_cost_the_same_prefill() -> None:
     """The gateway figure pairs one question asked directly and through qfserve: if one tag
     tokenized longer, its extra prefill would be counted as gateway overhead."""
-    from qfserve.bench.gateway import DIRECT_TAG, VIA_TAG
+    from qfserve.bench.gateway import FIRST_TAG, SECOND_TAG
     from qfserve.bench.workload import default_dir, load_prompts, request_messages
     from qfserve.engines.model import LlamaModel
     from qfserve.engines.registry import bundled_model_path
@@ -84,9 +85,25 @@ def test_gateway_tags_cost_the_same_prefill() -> None:
 
     try:
         for index in range(100):
-            assert length(index, DIRECT_TAG) == length(index, VIA_TAG), index
+            assert length(index, FIRST_TAG) == length(index, SECOND_TAG), index
     finally:
         model.close()
+
+
+def test_gateway_requests_share_no_tag_with_the_one_before() -> None:
+    """Each request shares only the chat template's opening with the one before it, whichever
+    path both took: a longer shared prefix is prefill a prefix cache spares one side only."""
+    from qfserve.bench.gateway import schedule
+    from qfserve.bench.workload import Prompt, request_messages
+
+    prompts = [Prompt("q", "en", "What is the capital of France?")]
+    order = schedule(30)
+    assert [direct for _, direct, _ in order[:4]] == [True, False, False, True]
+    texts = [request_messages(prompts, index, tag)[0]["content"] for index, _, tag in order]
+    for before, after in itertools.pairwise(texts):
+        assert before[:2] != after[:2], (before, after)  # "[a" against "[b"
+    asked = {(index, direct) for index, direct, _ in order}
+    assert asked == {(index, direct) for index in range(30) for direct in (True, False)}
 
 
 @pytest.mark.timeout(300)
@@ -102,7 +119,10 @@ def test_tiny_gateway_bench(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     text = page.read_text()
     assert "## In front of the model" in text and "## In front of an upstream that answers" in text
+    assert "pausing 100 ms before its first token" in text
     results = json.loads(text.split("```json", 1)[1].split("```", 1)[0])
     assert results["model_upstream"]["paired_differences_ms"]["n"] == 2
     assert results["instant_upstream"]["paired_differences_ms"]["n"] == 2 * 4
-    assert not results["model_upstream"]["errors"] and not results["instant_upstream"]["errors"]
+    assert results["pausing_upstream"]["paired_differences_ms"]["n"] == 2
+    for part in ("model_upstream", "instant_upstream", "pausing_upstream"):
+        assert not results[part]["errors"], part
