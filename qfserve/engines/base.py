@@ -110,4 +110,8 @@ class Engine(Protocol):
         """Cheap and callable from any thread: read at scrape time."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """The answer as deltas. An engine may first yield an empty delta (no text, no tokens)
+        once the request is taken but before its first token (a remote upstream's 2xx): the API
+        may then start its response. Failures after that come from the generator as errors."""
+        ...

@@ -74,14 +74,23 @@ def text_of(deltas: list[Delta]) -> str:
     return "".join(d.text for d in deltas)
 
 
+async def first_text(generator: AsyncIterator[Delta]) -> str:
+    """The first delta with text: the engine yields an empty one when an upstream takes the
+    request, before its first token."""
+    while not (delta := await anext(generator)).text:
+        assert delta.token_count == 0 and delta.finish_reason is None
+    return delta.text
+
+
 # -- the fake upstream -----------------------------------------------------------------------
 
 
 @dataclass
 class FakeUpstream:
     """Replicas by name, each a real HTTP server on loopback doing as `behaviors` says (default
-    "ok"): ok, 503, 429, 400, hang (no headers), die (connection cut after the first chunk),
-    gated (waits on `gate` after chunk number `gate_after`), error_event (a vLLM-style error),
+    "ok"): ok, 503, 429, 400, hang (no headers), stall (headers, then nothing), die
+    (connection cut after the first chunk), gated (waits on `gate` after chunk number
+    `gate_after`), error_event (a vLLM-style error),
     stale (its next GET is met by a closed connection, as a keep-alive connection the upstream
     closed just as it was reused is, then "ok"), stale_post (the same for its next POST).
     `kill` stops a replica for good: its port then refuses connections."""
@@ -147,6 +156,9 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if behavior == "stall":
+            await response.write(b": ping\n\n")
+            await asyncio.sleep(3600)
         chat = request.path.endswith("/chat/completions")
         try:
             async for event in self._events(behavior, chat=chat):
@@ -308,10 +320,10 @@ def test_busy_replica_is_avoided() -> None:
         engine = await started(fake)
         try:
             first = engine.generate(chat())
-            assert (await anext(first)).text == "Hel"
+            assert await first_text(first) == "Hel"
             busy = [r.url for r in engine.replica_stats() if r.outstanding]
             second = engine.generate(chat())
-            await anext(second)
+            await first_text(second)
             assert [r.outstanding for r in engine.replica_stats()] == [1, 1]
             assert fake.posts[0][0] != fake.posts[1][0], busy
             fake.gate.set()
@@ -383,6 +395,24 @@ def test_no_first_token_in_time_fails_over() -> None:
     run(scenario())
 
 
+def test_the_request_is_taken_before_the_first_token_and_still_fails_over() -> None:
+    """One empty delta once a replica answers 2xx, so the API can start its response as the
+    upstream did; a replica that then sends no token in time is still failed over."""
+
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "stall"})
+        engine = await started(fake, first_token_timeout=0.3)
+        try:
+            deltas = await collect(engine, chat())
+        finally:
+            await engine.close()
+        assert deltas[0] == Delta("", 0)
+        assert text_of(deltas) == "Hello world" and all(d.text for d in deltas[1:-1])
+        assert [n for n, _, _ in fake.posts] == ["a", "b"]
+
+    run(scenario())
+
+
 @pytest.mark.parametrize(
     ("behaviors", "error"),
     [
@@ -441,7 +471,7 @@ def test_usage_reconciles_the_token_counts() -> None:
 
             fake.usage = {"prompt_tokens": 11, "completion_tokens": 1}  # fewer than the chunks
             deltas = await collect(engine, chat())
-            assert [d.token_count for d in deltas] == [1, 1, 1, 0]  # never negative
+            assert [d.token_count for d in deltas] == [0, 1, 1, 1, 0]  # never negative
 
             fake.usage = None  # llama-cpp-python's server: no usage in streams
             deltas = await collect(engine, chat())
@@ -494,7 +524,7 @@ def test_closing_or_cancelling_the_generator_closes_the_upstream_stream() -> Non
         engine = await started(fake, "a")
         try:
             generator = engine.generate(chat())
-            await anext(generator)
+            await first_text(generator)
             assert engine.replica_stats()[0].outstanding == 1
             await generator.aclose()  # type: ignore[attr-defined]
             assert engine.replica_stats()[0].outstanding == 0 and engine.stats().running == 0
@@ -524,7 +554,7 @@ def test_drain_refuses_new_requests_and_ends_running_ones() -> None:
         engine = await started(fake, "a")
         try:
             generator = engine.generate(chat())
-            await anext(generator)
+            await first_text(generator)
             began = time.monotonic()
             drained = asyncio.create_task(engine.drain(0.2))
             with pytest.raises(EngineUnavailable):
@@ -701,7 +731,7 @@ def test_closing_the_generator_disconnects_the_upstream(replicas: list[LlamaServ
         seen = len(server.log())
         try:
             generator = engine.generate(greedy(400, "Write a very long story about a dragon."))
-            await anext(generator)
+            await first_text(generator)
             await generator.aclose()  # type: ignore[attr-defined]
             assert engine.replica_stats()[0].outstanding == 0  # at once
             deadline = time.monotonic() + 5

@@ -92,7 +92,7 @@ class Attempt:
         replica.outstanding += 1
         replica.requests += 1
 
-    async def open(
+    async def send(
         self,
         session: aiohttp.ClientSession,
         call: Call,
@@ -100,7 +100,7 @@ class Attempt:
         body: dict[str, Any],
         deadline: float,
     ) -> None:
-        """Send the request and read up to the first token: the last point of failover."""
+        """Send the request and wait for the answer's head: a 2xx means the replica took it."""
 
         async def send() -> aiohttp.ClientResponse:
             return await session.post(url, json=body)
@@ -117,6 +117,9 @@ class Attempt:
         if not 200 <= response.status < 300:
             body_text = await call.bounded(deadline, response.read)
             raise status_failure(response.status, body_text.decode(errors="replace"))
+
+    async def first_token(self, call: Call, deadline: float) -> None:
+        """Read up to the first token (or the finish): the last point of failover."""
         while (chunk := await self._read(call, deadline)) is not None:
             self._first.append(chunk)
             if chunk.text or chunk.finish_reason:

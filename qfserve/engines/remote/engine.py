@@ -2,12 +2,16 @@
 
 One generation:
 1. the healthy replica with the fewest requests in flight is chosen (`pool.choose`);
-2. the chat request is POSTed with `stream: true` and read up to its first token. A connection
-   error, a timeout, a 5xx or a 429 before then sends it to another replica, each tried at most
-   once; a connection error also marks the replica down until a health check finds it up;
-3. after the first token nothing is retried (the client holds part of an answer): an upstream
+2. the chat request is POSTed with `stream: true`. The first replica to answer 2xx makes the
+   generator yield an empty delta, before any token: the request is taken, and the API may start
+   its response now, as the upstream did, rather than after the first token (then the client
+   would read the response's head inside its time to first token, which it does not directly);
+3. the stream is read up to its first token. A connection error, a timeout, a 5xx or a 429
+   before then sends it to another replica, each tried at most once; a connection error also
+   marks the replica down until a health check finds it up;
+4. after the first token nothing is retried (the client holds part of an answer): an upstream
    failure ends the generator with EngineUnavailable, or InternalError for a malformed stream;
-4. the answer ends at the upstream's finish_reason or at one of our stop strings; the last delta
+5. the answer ends at the upstream's finish_reason or at one of our stop strings; the last delta
    reconciles the token count with the upstream's usage when it sends one.
 
 Cancellation: closing or cancelling the generator closes the upstream response, which closes its
@@ -216,7 +220,37 @@ class RemoteEngine:
         usage: Usage | None = None
         finish: FinishReason | None = None
         try:
-            attempt = await self._open(session, call, path, body)
+            # Failover up to the first token, each healthy replica tried at most once.
+            tried: list[Replica] = []
+            failures: list[AttemptFailed] = []
+            taken = False  # a replica has answered 2xx: the empty delta went out
+            while attempt is None:
+                replica = choose(self._replicas, tried, self._turn)
+                if replica is None:
+                    raise self._no_answer(call, tried, failures)
+                self._turn += 1
+                tried.append(replica)
+                candidate = Attempt(replica, chat=path == CHAT_PATH)
+                deadline = asyncio.get_running_loop().time() + self._settings.first_token_timeout
+                try:
+                    await candidate.send(session, call, replica.url + path, body, deadline)
+                    if not taken:
+                        taken = True
+                        yield Delta("", 0)
+                    await candidate.first_token(call, deadline)
+                    attempt = candidate
+                except AttemptFailed as exc:
+                    if exc.kind is Failure.REJECTED:
+                        # Our request is at fault, and every replica would say so.
+                        log.error(
+                            "request %s: %s refused it: %s", call.request_id, replica.url, exc
+                        )
+                        raise InternalError() from exc
+                    self._failed(call, replica, exc, "before the first token")
+                    failures.append(exc)
+                finally:
+                    if attempt is not candidate:
+                        candidate.close()
             while (
                 chunk := await self._next(call, attempt, finished=finish is not None)
             ) is not None:
@@ -255,37 +289,14 @@ class RemoteEngine:
             if not self._calls:
                 self._idle.set()
 
-    async def _open(
-        self, session: aiohttp.ClientSession, call: Call, path: str, body: dict[str, object]
-    ) -> Attempt:
-        """The first replica that streams a first token, trying each healthy one at most once."""
-        tried: list[Replica] = []
-        failures: list[AttemptFailed] = []
-        while (replica := choose(self._replicas, tried, self._turn)) is not None:
-            self._turn += 1
-            tried.append(replica)
-            attempt = Attempt(replica, chat=path == CHAT_PATH)
-            deadline = asyncio.get_running_loop().time() + self._settings.first_token_timeout
-            opened = False
-            try:
-                await attempt.open(session, call, replica.url + path, body, deadline)
-                opened = True
-                return attempt
-            except AttemptFailed as exc:
-                if exc.kind is Failure.REJECTED:
-                    # Our request is at fault, and every replica would say so.
-                    log.error("request %s: %s refused it: %s", call.request_id, replica.url, exc)
-                    raise InternalError() from exc
-                self._failed(call, replica, exc, "before the first token")
-                failures.append(exc)
-            finally:
-                if not opened:
-                    attempt.close()
+    def _no_answer(
+        self, call: Call, tried: list[Replica], failures: list[AttemptFailed]
+    ) -> Exception:
         if any(f.kind is Failure.BUSY for f in failures):
             # Some replica is alive but full: waiting and retrying is the right advice.
-            raise OverloadedError()
+            return OverloadedError()
         log.warning("request %s: no upstream could answer (%d tried)", call.request_id, len(tried))
-        raise EngineUnavailable()
+        return EngineUnavailable()
 
     async def _next(self, call: Call, attempt: Attempt, *, finished: bool) -> Chunk | None:
         deadline = asyncio.get_running_loop().time() + self._settings.read_timeout
