@@ -3,21 +3,19 @@ before the models are loaded, while shutting down, or when no endpoint can serve
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
 
 from qfserve.engines.registry import EngineRegistry
 
 
-def build_router(engines: EngineRegistry) -> APIRouter:
-    router = APIRouter()
-
-    @router.get("/health")
-    async def health() -> JSONResponse:
+def build_routes(engines: EngineRegistry) -> list[BaseRoute]:
+    async def health(_request: Request) -> JSONResponse:
         ready = engines.ready
         return JSONResponse(
             {"status": "ok" if ready else "unavailable", "endpoints": engines.endpoint_ready()},
             status_code=200 if ready else 503,
         )
 
-    return router
+    return [Route("/health", health, methods=["GET"])]

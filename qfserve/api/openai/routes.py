@@ -8,9 +8,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.api.openai import render
@@ -29,10 +30,7 @@ log = logging.getLogger(__name__)
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
-def build_router(settings: Settings, serving: ChatServing, gate: AccessGate) -> APIRouter:
-    router = APIRouter(prefix="/v1")
-
-    @router.get("/models")
+def build_routes(settings: Settings, serving: ChatServing, gate: AccessGate) -> list[BaseRoute]:
     async def models(request: Request) -> Response:
         try:
             app = await gate.verify(_credentials(request))
@@ -46,7 +44,6 @@ def build_router(settings: Settings, serving: ChatServing, gate: AccessGate) -> 
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    @router.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         request_id = new_request_id()
         call = gate.open_call(request_id, "unknown")
@@ -98,7 +95,10 @@ def build_router(settings: Settings, serving: ChatServing, gate: AccessGate) -> 
             headers=call.headers(),
         )
 
-    return router
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]
 
 
 def _credentials(request: Request) -> Credentials:

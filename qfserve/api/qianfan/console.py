@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import AccessGate
 from qfserve.api.qianfan import render
@@ -19,10 +20,7 @@ from qfserve.config import Settings
 from qfserve.errors import QfserveError
 
 
-def build_router(settings: Settings, gate: AccessGate) -> APIRouter:
-    router = APIRouter()
-
-    @router.post("/wenxinworkshop/service/list")
+def build_routes(settings: Settings, gate: AccessGate) -> list[BaseRoute]:
     async def service_list(request: Request) -> Response:
         log_id = secrets.token_hex(8)
         try:
@@ -45,4 +43,4 @@ def build_router(settings: Settings, gate: AccessGate) -> APIRouter:
         ]
         return render.json_response({"log_id": log_id, "result": {"common": common, "custom": []}})
 
-    return router
+    return [Route("/wenxinworkshop/service/list", service_list, methods=["POST"])]

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import anyio
-from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from qfserve.access.apps import AppRegistry
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
@@ -38,12 +39,9 @@ PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def build_router(
+def build_routes(
     serving: ChatServing, gate: AccessGate, apps: AppRegistry, tokens: TokenIssuer
-) -> APIRouter:
-    router = APIRouter()
-
-    @router.api_route("/oauth/2.0/token", methods=["GET", "POST"])
+) -> list[BaseRoute]:
     async def oauth_token(request: Request) -> Response:
         fields = {k: v for k, v in request.query_params.items()}
         if request.method == "POST":
@@ -71,23 +69,20 @@ def build_router(
             }
         )
 
-    @router.api_route(PREFIX + "/chat/{endpoint}", methods=["POST"])
-    async def chat(request: Request, endpoint: str) -> Response:
+    async def chat(request: Request) -> Response:
         async def parse() -> tuple[ChatBody, list[Message]]:
             body = await _parse(request, ChatBody)
             return body, [Message(m.role, m.content) for m in body.messages]
 
-        return await _chat_flow(request, endpoint, parse, "chat.completion")
+        return await _chat_flow(request, parse, "chat.completion")
 
-    @router.api_route(PREFIX + "/completions/{endpoint}", methods=["POST"])
-    async def completions(request: Request, endpoint: str) -> Response:
+    async def completions(request: Request) -> Response:
         async def parse() -> tuple[CompletionBody, list[Message]]:
             body = await _parse(request, CompletionBody)
             return body, [Message("user", body.prompt)]
 
-        return await _chat_flow(request, endpoint, parse, "completion")
+        return await _chat_flow(request, parse, "completion")
 
-    @router.api_route(PREFIX + "/tokenizer/erniebot", methods=["POST"])
     async def tokenizer(request: Request) -> Response:
         request_id = render.new_request_id()
         try:
@@ -105,7 +100,8 @@ def build_router(
             }
         )
 
-    async def _chat_flow(request: Request, endpoint: str, parse: Any, kind: str) -> Response:
+    async def _chat_flow(request: Request, parse: Any, kind: str) -> Response:
+        endpoint: str = request.path_params["endpoint"]
         request_id = render.new_request_id()
         call = gate.open_call(request_id, endpoint)
         try:
@@ -173,7 +169,13 @@ def build_router(
             headers={**render.STATEMENT, **call.headers()},
         )
 
-    return router
+    # The chat route first: routes are matched in order.
+    return [
+        Route(PREFIX + "/chat/{endpoint}", chat, methods=["POST"]),
+        Route(PREFIX + "/completions/{endpoint}", completions, methods=["POST"]),
+        Route(PREFIX + "/tokenizer/erniebot", tokenizer, methods=["POST"]),
+        Route("/oauth/2.0/token", oauth_token, methods=["GET", "POST"]),
+    ]
 
 
 def credentials(request: Request) -> Credentials:
