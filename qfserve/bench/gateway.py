@@ -1,26 +1,24 @@
 """What the gateway adds: time to first token of an upstream, directly and through qfserve.
 
-Two upstreams, each a remote endpoint of one qfserve:
+Three upstreams, each a remote endpoint of one qfserve:
 - llama-cpp-python's OpenAI server on the bundled model: the issue's measurement, a real model
   behind the gateway. Its own time to first token varies by 10-20% from one request to the
-  next on this machine, even for the same question (prefill on two busy cores): about +-100 ms
-  on the workload's longest questions, which no number of pairs makes small next to 2 ms. So
-  only the workload's short English questions are asked here (`_short_questions`): a first token
-  in about 100 ms, jitter of a few ms, and the gateway's cost does not depend on the question's
-  length. The model runs on one thread (`UPSTREAM_THREADS`), which leaves a core to the gateway
-  and the client: with both cores decoding, forwarding the first token waited for the scheduler,
-  a cost of sharing two cores, not of the gateway, which in deployment runs beside a GPU server;
+  next on this machine, even for the same question: about +-100 ms on the workload's longest
+  questions, which no number of pairs makes small next to 2 ms. So only the workload's short
+  English questions are asked here (`_short_questions`): a first token in about 170 ms, jitter
+  of a few ms, and the gateway's cost does not depend on the question's length. The model runs
+  on one thread (`UPSTREAM_THREADS`), leaving a core to the gateway and the client, as a GPU
+  server would leave the gateway's CPU alone (with two threads, one run of 100 pairs measured
+  3.9 ms added against 2.4 with one);
 - an upstream that answers at once (`instant_upstream`): the difference is then the gateway's
   own cost, with nothing to bury it;
-- the same upstream pausing `PAUSE_SECONDS` before its first token, using no CPU meanwhile: what
-  the wait alone adds to one more hop. On this machine (a VM) a process that waited that long is
-  woken on an idle virtual CPU, with cold caches; through qfserve two processes must wake where
-  directly one does, and that cost, not qfserve's code, is most of what the model section adds
-  beyond the instant one.
+- the same upstream pausing `PAUSE_SECONDS` before its first token, using no CPU meanwhile: a
+  model's wait without its jitter. qfserve then passes the first token on after sitting idle,
+  with cold caches, which costs it more than back to back.
 
-Both are asked the same questions on the same OpenAI route (streaming), one at a time,
-alternating which goes first, so the two series of a pair see the same machine. The issue's
-target: qfserve adds under 2 ms to the median time to first token.
+Each pair asks the same question on the same OpenAI route (streaming), one request at a time,
+alternating which path goes first, so the two series of a pair see the same machine. The
+issue's target: qfserve adds under 2 ms to the median time to first token.
 """
 
 from __future__ import annotations
