@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -338,7 +339,7 @@ def _summary(peer: str, concurrency: int, tps: float | None) -> dict[str, object
     return summarize(run)
 
 
-def _results() -> dict[str, object]:
+def _results() -> dict[str, Any]:
     return {
         "machine": {
             "date": "2026-01-01T00:00:00+00:00",
