@@ -240,7 +240,9 @@ async def _read_openai(response: httpx.Response, record: RequestRecord, began: f
             record.error = chunk.error
             break
         if chunk.done:
-            break
+            # Read on to the end of the body, as the SDKs do: a response left unfinished closes
+            # its connection, and every request would then pay for a new one on both paths.
+            continue
         if record.first_event_s is None:
             record.first_event_s = now
         if chunk.text:
