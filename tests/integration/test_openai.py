@@ -6,6 +6,7 @@ import json
 
 import openai
 import pytest
+import requests
 
 from tests.servers import Server, qfserve
 
@@ -85,6 +86,29 @@ def test_errors_have_real_statuses(server: Server, client: openai.OpenAI) -> Non
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="llama_2_7b", messages=hi, temperature=3)  # type: ignore[arg-type]
     assert "temperature" in str(bad.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "says"),
+    [
+        (b"{not json", "336002", "Invalid JSON"),
+        (b"\xff\xfe", "336002", "Invalid JSON"),
+        (b'["a list"]', "336001", "must be a JSON object"),
+        (b'{"model": 7, "messages": []}', "336001", "model"),
+    ],
+)
+def test_malformed_body_is_400(
+    server: Server, app_key: str, body: bytes, code: str, says: str
+) -> None:
+    reply = requests.post(
+        f"{server.url}/v1/chat/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {app_key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["code"] == code and says in error["message"]
 
 
 def test_quota_is_429(server: Server) -> None:

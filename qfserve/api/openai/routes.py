@@ -3,7 +3,6 @@ quotas, safety and usage ledger as the Qianfan routes. Errors in OpenAI's shape,
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -109,16 +108,16 @@ def _credentials(request: Request) -> Credentials:
 
 
 async def _parse(request: Request) -> ChatCompletionRequest:
+    # Parsed and validated in one pass by pydantic-core: a third of the time of json.loads and
+    # then validating the Python objects.
     try:
-        data = json.loads(await request.body())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidJSON() from exc
-    if not isinstance(data, dict):
-        raise InvalidArgument("Invalid Argument: the body must be a JSON object")
-    try:
-        body = ChatCompletionRequest.model_validate(data)
+        body = ChatCompletionRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise InvalidJSON() from exc
+        if first["type"] == "model_type" and not first["loc"]:
+            raise InvalidArgument("Invalid Argument: the body must be a JSON object") from exc
         where = ".".join(str(part) for part in first["loc"])
         raise InvalidArgument(f"Invalid Argument: {where}: {first['msg']}") from exc
     if body.n not in (None, 1):

@@ -17,8 +17,12 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def new_request_id() -> str:
-    """`as-` and 10 lowercase letters or digits, as Qianfan's ids."""
-    return "as-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+    """`as-` and 10 lowercase letters or digits, as Qianfan's ids.
+
+    From one read of the system's randomness: `secrets.choice` per character read it ten times,
+    19 us of every request. A byte modulo 36 favours the first four characters slightly, which
+    an id's uniqueness does not mind."""
+    return "as-" + "".join(_ID_ALPHABET[byte % 36] for byte in secrets.token_bytes(10))
 
 
 def json_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
