@@ -93,7 +93,7 @@ def test_tiny_gateway_bench(tmp_path: Path) -> None:
     assert "## In front of the model" in text and "## In front of an upstream that answers" in text
     assert "pausing 100 ms before its first token" in text
     results = json.loads(text.split("```json", 1)[1].split("```", 1)[0])
-    assert results["model_upstream"]["paired_differences_ms"]["n"] == 2
+    assert results["model_upstream"]["paired_differences_ms"]["n"] == 2 * 4
     assert results["instant_upstream"]["paired_differences_ms"]["n"] == 2 * 4
     assert results["pausing_upstream"]["paired_differences_ms"]["n"] == 2
     for part in ("model_upstream", "instant_upstream", "pausing_upstream"):
