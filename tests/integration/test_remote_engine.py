@@ -105,6 +105,7 @@ class FakeUpstream:
     health: dict[str, int] = field(default_factory=dict)  # "name/path": status
     posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     gets: list[str] = field(default_factory=list)
+    cookies: list[str | None] = field(default_factory=list)  # each POST's Cookie header
     closed: dict[str, int] = field(default_factory=dict)  # streams the client walked away from
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     _runners: dict[str, web.AppRunner] = field(default_factory=dict)
@@ -150,11 +151,13 @@ class FakeUpstream:
             return web.json_response({}, status=self.health.get(f"{name}{request.path}", 200))
         body = await request.json()
         self.posts.append((name, request.path, body))
+        self.cookies.append(request.headers.get("Cookie"))
         if behavior in ("503", "429", "400"):
             return web.json_response({"error": behavior}, status=int(behavior))
         if behavior == "hang":
             await asyncio.sleep(3600)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response.set_cookie("session", f"for-post-{len(self.posts)}")
         await response.prepare(request)
         if behavior == "stall":
             await response.write(b": ping\n\n")
@@ -310,6 +313,26 @@ def test_idle_requests_go_round_robin() -> None:
             await engine.close()
         assert (fake.served("a"), fake.served("b")) == (2, 2)
         assert [r.requests for r in engine.replica_stats()] == [2, 2]
+
+    run(scenario())
+
+
+def test_an_upstreams_cookies_are_not_sent_back() -> None:
+    """One session carries every app's requests: a cookie set in answer to one must not ride
+    along on the next."""
+
+    async def scenario() -> None:
+        fake = FakeUpstream()
+        # By a host name: aiohttp's default jar ignores cookies from IP addresses.
+        url = (await fake.serve("a")).replace("127.0.0.1", "localhost")
+        engine = RemoteEngine("remote", RemoteSettings(upstreams=(url,), model="m"))
+        await engine.start()
+        try:
+            for _ in range(2):
+                assert text_of(await collect(engine, chat())) == "Hello world"
+        finally:
+            await engine.close()
+        assert fake.cookies == [None, None]
 
     run(scenario())
 

@@ -138,6 +138,9 @@ class RemoteEngine:
             # Upstreams are on the serving network: an HTTP(S)_PROXY meant for the internet
             # must not capture them.
             trust_env=False,
+            # One session carries every app's requests: a cookie an upstream sets in answer to
+            # one must not ride along on everybody's next ones.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._checker = HealthChecker(
             self._session, self._replicas, timeout=settings.health_timeout
