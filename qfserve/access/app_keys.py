@@ -9,8 +9,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, select, update
 
 from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import token_digest
@@ -32,6 +33,11 @@ class NewAppKey:
     key: str
     prefix: str
     app_id: int
+
+
+def _found(row: Row[Any]) -> App | None:
+    """The key's app, None for a revoked key: what `Database.read_one` keeps between requests."""
+    return None if row.revoked else app_from_row(row)
 
 
 class AppKeys:
@@ -68,10 +74,9 @@ class AppKeys:
         """The app the key belongs to; raises 100, 110 or 15 otherwise."""
         if not key or not key.startswith(KEY_PREFIX):
             raise MissingToken()
-        found = self._db.read_one(_VERIFY, {"digest": token_digest(key)})
-        if found is None or found.revoked:
+        found = self._db.read_one(_VERIFY, {"digest": token_digest(key)}, _found)
+        if found is None:
             raise InvalidToken()
-        app = app_from_row(found)
-        if app.deleted or app.disabled:
+        if found.deleted or found.disabled:
             raise AppUnavailable()
-        return app
+        return found

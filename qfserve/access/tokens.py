@@ -12,8 +12,9 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, bindparam, select
 
 from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import token_digest
@@ -29,6 +30,19 @@ _VERIFY = (
     .join(AppRow, AppRow.id == TokenRow.app_id)
     .where(TokenRow.token_hash == bindparam("digest"))
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A token's row as the check needs it, kept between requests by `Database.read_one`."""
+
+    revoked: bool
+    expires_at: int
+    app: App
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> _Found:
+        return cls(row.revoked, row.expires_at, app_from_row(row))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +90,11 @@ class TokenIssuer:
         """The app the token belongs to; raises 100, 110, 111 or 15 otherwise."""
         if not token or not _TOKEN_SHAPE.match(token):
             raise MissingToken()
-        found = self._db.read_one(_VERIFY, {"digest": token_digest(token)})
+        found = self._db.read_one(_VERIFY, {"digest": token_digest(token)}, _Found.from_row)
         if found is None or found.revoked:
             raise InvalidToken()
         if found.expires_at <= time.time():
             raise ExpiredToken()
-        app = app_from_row(found)
-        if app.deleted or app.disabled:
+        if found.app.deleted or found.app.disabled:
             raise AppUnavailable()
-        return app
+        return found.app

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -15,6 +15,8 @@ from sqlalchemy import Engine, Executable, Row, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+T = TypeVar("T")
 
 
 # Rows kept by `read_one` at most: bounded, whatever the number of tokens presented.
@@ -38,7 +40,7 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._hot_reads: OrderedDict[tuple[int, tuple[Any, ...]], Row[Any]] = OrderedDict()
+        self._hot_reads: OrderedDict[tuple[Any, ...], object] = OrderedDict()
         self._hot_lock = threading.Lock()
         self._seen_version: int | None = None
         self._change_watch: Any = None  # a SQLite file's own connection for data_version
@@ -62,16 +64,21 @@ class Database:
         with self._sessions.begin() as session:
             yield session
 
-    def read_one(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
-        """The first row of one read: the request path's lookups (tokens, app keys).
+    def read_one(
+        self, statement: Executable, parameters: dict[str, Any], convert: Callable[[Row[Any]], T]
+    ) -> T | None:
+        """The first row of one read, converted: the request path's lookups (tokens, app keys).
 
-        On a SQLite file, rows found are kept until any connection, in any process, commits to
-        the database: SQLite's `PRAGMA data_version` on a connection of our own says so in a few
-        microseconds, where the read through SQLAlchemy took 0.3 ms per request in the server. A
-        token revoked by the CLI is therefore refused from the next request on, as before."""
+        On a SQLite file, what was found is kept, converted, until any connection, in any
+        process, commits to the database: SQLite's `PRAGMA data_version` on a connection of our
+        own says so in a few microseconds, where the read through SQLAlchemy took 0.3 ms per
+        request in the server. A token revoked by the CLI is therefore refused from the next
+        request on, as before. `convert` must depend on nothing but the row; None from it is
+        not kept."""
         if self._change_watch is None:
-            return self._read_one(statement, parameters)
-        key = (id(statement), tuple(sorted(parameters.items())))
+            row = self._read_one(statement, parameters)
+            return None if row is None else convert(row)
+        key = (id(statement), convert, tuple(sorted(parameters.items())))
         with self._hot_lock:
             version = self._change_watch.execute("PRAGMA data_version").fetchone()[0]
             if version != self._seen_version:
@@ -80,16 +87,18 @@ class Database:
             kept = self._hot_reads.get(key)
             if kept is not None:
                 self._hot_reads.move_to_end(key)
-                return kept
+                return cast(T, kept)
         # Read after the version: a commit in between changes it, and the next call starts over.
         row = self._read_one(statement, parameters)
-        if row is not None:
-            with self._hot_lock:
-                if self._seen_version == version:
-                    self._hot_reads[key] = row
-                    if len(self._hot_reads) > _HOT_READS:
-                        self._hot_reads.popitem(last=False)
-        return row
+        if row is None:
+            return None
+        found = convert(row)
+        with self._hot_lock:
+            if found is not None and self._seen_version == version:
+                self._hot_reads[key] = found
+                if len(self._hot_reads) > _HOT_READS:
+                    self._hot_reads.popitem(last=False)
+        return found
 
     def _read_one(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
         # A plain connection: an ORM session's bookkeeping would cost more than the query.
