@@ -11,8 +11,9 @@ from types import FrameType
 
 import anyio
 import uvicorn
-from fastapi import FastAPI, Request
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from qfserve.access.app_keys import AppKeys
@@ -65,7 +66,7 @@ def open_store(settings: Settings) -> Store:
 class Service:
     """The ASGI app and the hook a process manager calls when asked to stop."""
 
-    def __init__(self, app: FastAPI, engines: EngineRegistry, grace_seconds: float) -> None:
+    def __init__(self, app: Starlette, engines: EngineRegistry, grace_seconds: float) -> None:
         self.app = app
         self._engines = engines
         self._grace = grace_seconds
@@ -133,7 +134,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     )
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         ledger.start()
         await quotas.prepare()
         await _restore_totals(store, ledger, quotas, default_limits)
@@ -171,9 +172,10 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         else None
     )
     serving = ChatServing(settings, registry, metrics, moderators)
-    # Plain Starlette routes in one list, the chat routes first: every handler takes a Request
-    # and returns a Response, so FastAPI's per-route machinery (dependencies, included routers
-    # matched in turn) had nothing to do but cost 55 us per request, measured in-process.
+    # A Starlette app with plain routes in one list, the chat routes first. Every handler takes
+    # a Request and returns a Response: FastAPI's layer on top (dependencies, per-route models,
+    # its telemetry check and three more middlewares on every request) had nothing to do here,
+    # and cost about 0.1 ms of CPU per proxied request.
     routes = [
         *qianfan_routes.build_routes(serving, gate, store.apps, store.tokens),
         *openai_routes.build_routes(settings, serving, gate),
@@ -181,27 +183,24 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         *health.build_routes(registry),
         *metrics_route.build_routes(metrics),
     ]
-    app = FastAPI(
-        title="qfserve",
-        routes=routes,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> Response:
+    async def http_error(_request: Request, exc: Exception) -> Response:
         # Qianfan answers unknown routes and wrong methods as errors in its own shape, HTTP 200.
-        error = MethodNotAllowed() if exc.status_code == 405 else UnknownRoute()
+        # Only HTTPExceptions come here; Starlette's handler type is for any exception.
+        wrong_method = isinstance(exc, HTTPException) and exc.status_code == 405
+        error = MethodNotAllowed() if wrong_method else UnknownRoute()
         return render.error_response(error, render.new_request_id())
 
-    @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         request_id = render.new_request_id()
         log.error("request %s failed: %r", request_id, exc, exc_info=exc)
         return render.error_response(InternalError(), request_id)
 
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: unexpected},
+    )
     service = Service(app, registry, settings.shutdown_grace_seconds)
     return service
 
