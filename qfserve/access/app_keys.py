@@ -35,9 +35,9 @@ class NewAppKey:
     app_id: int
 
 
-def _found(row: Row[Any]) -> App | None:
-    """The key's app, None for a revoked key: what `Database.read_one` keeps between requests."""
-    return None if row.revoked else app_from_row(row)
+def _found(row: Row[Any]) -> tuple[bool, App]:
+    """Whether the key is revoked, and its app: what `Database.read_one` keeps between requests."""
+    return row.revoked, app_from_row(row)
 
 
 class AppKeys:
@@ -75,8 +75,9 @@ class AppKeys:
         if not key or not key.startswith(KEY_PREFIX):
             raise MissingToken()
         found = self._db.read_one(_VERIFY, {"digest": token_digest(key)}, _found)
-        if found is None:
+        if found is None or found[0]:
             raise InvalidToken()
-        if found.deleted or found.disabled:
+        app = found[1]
+        if app.deleted or app.disabled:
             raise AppUnavailable()
-        return found
+        return app

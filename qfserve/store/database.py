@@ -73,8 +73,7 @@ class Database:
         process, commits to the database: SQLite's `PRAGMA data_version` on a connection of our
         own says so in a few microseconds, where the read through SQLAlchemy took 0.3 ms per
         request in the server. A token revoked by the CLI is therefore refused from the next
-        request on, as before. `convert` must depend on nothing but the row; None from it is
-        not kept."""
+        request on, as before. `convert` must depend on nothing but the row."""
         if self._change_watch is None:
             row = self._read_one(statement, parameters)
             return None if row is None else convert(row)
@@ -94,7 +93,7 @@ class Database:
             return None
         found = convert(row)
         with self._hot_lock:
-            if found is not None and self._seen_version == version:
+            if self._seen_version == version:
                 self._hot_reads[key] = found
                 if len(self._hot_reads) > _HOT_READS:
                     self._hot_reads.popitem(last=False)

@@ -136,7 +136,8 @@ def test_revoked_key_is_refused(server: Server, app: dict[str, str]) -> None:
     created = json.loads(
         qfserve("app", "key", "create", str(app["app_id"]), "--json", env=server.env).stdout
     )
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=created["key"], max_retries=0)
+    assert client.models.list().data  # accepted, and kept by the server for the next requests
     qfserve("app", "key", "revoke", created["prefix"], env=server.env)
-    revoked = openai.OpenAI(base_url=f"{server.url}/v1", api_key=created["key"], max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        revoked.models.list()
+        client.models.list()
