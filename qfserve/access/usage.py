@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -45,6 +45,9 @@ class UsageRecord:
     error_code: int
     safety_category: str | None = None
     created_at: datetime | None = None
+
+
+_COLUMNS = tuple(f.name for f in fields(UsageRecord))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,9 @@ class UsageLedger:
                 return
 
     def _insert(self, batch: list[UsageRecord]) -> None:
-        rows = [asdict(record) for record in batch]
+        # Not dataclasses.asdict: it deep-copies every value, 16 us a row against under 1, all of
+        # it holding the GIL the event loop is waiting for.
+        rows = [{name: getattr(record, name) for name in _COLUMNS} for record in batch]
         for attempt in range(3):
             try:
                 # Core, not the ORM: rows of plain values need no unit of work.
