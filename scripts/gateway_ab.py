@@ -29,8 +29,14 @@ from pathlib import Path
 import httpx
 
 from qfserve.bench import peers
-from qfserve.bench.client import Dialect, Sampling, Target, stream_chat
-from qfserve.bench.gateway import PAUSE_SECONDS, QUESTION, UPSTREAM_THREADS
+from qfserve.bench.client import Sampling, stream_chat
+from qfserve.bench.gateway import (
+    PAUSE_SECONDS,
+    QUESTION,
+    UPSTREAM_THREADS,
+    remote_endpoint,
+    through,
+)
 from qfserve.engines.registry import bundled_model_path
 
 
@@ -74,23 +80,14 @@ async def main(trees: list[Path], upstream_kind: str, rounds: int) -> None:
         workdir = Path(folder)
         upstream, model = await start_upstream(upstream_kind, workdir)
         config = workdir / "endpoints.toml"
-        config.write_text(
-            f'[[endpoints]]\nname = "ab"\nengine = "remote"\nmodel = "{model}"\n'
-            f'upstreams = ["{upstream.target.base_url}"]\ncontext_length = 2048\n'
-        )
+        config.write_text(remote_endpoint("ab", model, upstream.target.base_url))
         gateways: list[peers.Peer] = []
         try:
             for index, tree in enumerate(trees):
                 gateways.append(await start_tree(tree, index, config, workdir))
             vias = [
-                Target(
-                    str(tree),
-                    Dialect.OPENAI,
-                    g.target.base_url + "/v1",
-                    "ab",
-                    api_key=g.target.access_token,
-                )
-                for tree, g in zip(trees, gateways, strict=True)
+                through(gateway, str(tree), "ab")
+                for tree, gateway in zip(trees, gateways, strict=True)
             ]
             targets = [upstream.target, *vias]
             ttft: dict[str, list[float]] = {t.name: [] for t in targets}

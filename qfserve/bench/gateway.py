@@ -35,7 +35,12 @@ import httpx
 from rich.console import Console
 
 from qfserve.bench.client import Dialect, Sampling, Target, stream_chat
-from qfserve.bench.peers import start_instant_upstream, start_llama_cpp_server, start_qfserve
+from qfserve.bench.peers import (
+    Peer,
+    start_instant_upstream,
+    start_llama_cpp_server,
+    start_qfserve,
+)
 from qfserve.bench.report import machine
 from qfserve.bench.stats import distribution, percentile
 
@@ -67,31 +72,17 @@ async def run_gateway(
         stops.callback(pausing.stop)
         config = workdir / "gateway.toml"
         config.write_text(
-            '[[endpoints]]\nname = "llama_2_7b"\nengine = "remote"\n'
-            f'model = "llama_2_7b"\nupstreams = ["{upstream.target.base_url}"]\n'
-            "context_length = 2048\n\n"
-            '[[endpoints]]\nname = "instant"\nengine = "remote"\n'
-            f'model = "instant"\nupstreams = ["{instant.target.base_url}"]\n\n'
-            '[[endpoints]]\nname = "pausing"\nengine = "remote"\n'
-            f'model = "instant"\nupstreams = ["{pausing.target.base_url}"]\n'
+            remote_endpoint("llama_2_7b", "llama_2_7b", upstream.target.base_url)
+            + remote_endpoint("instant", "instant", instant.target.base_url)
+            + remote_endpoint("pausing", "instant", pausing.target.base_url)
         )
         gateway = await start_qfserve(
             model=None, threads=threads, workdir=workdir / "gateway", config=config
         )
         stops.callback(gateway.stop)
-        token = gateway.target.access_token
-        via_model = Target(
-            "qfserve -> llama_cpp.server", Dialect.OPENAI,
-            gateway.target.base_url + "/v1", "llama_2_7b", api_key=token,
-        )  # fmt: skip
-        via_instant = Target(
-            "qfserve -> instant upstream", Dialect.OPENAI,
-            gateway.target.base_url + "/v1", "instant", api_key=token,
-        )  # fmt: skip
-        via_pausing = Target(
-            f"qfserve -> {pausing.target.name}", Dialect.OPENAI,
-            gateway.target.base_url + "/v1", "pausing", api_key=token,
-        )  # fmt: skip
+        via_model = through(gateway, "qfserve -> llama_cpp.server", "llama_2_7b")
+        via_instant = through(gateway, "qfserve -> instant upstream", "instant")
+        via_pausing = through(gateway, f"qfserve -> {pausing.target.name}", "pausing")
         real = await _pairs(upstream.target, via_model, requests * FAST_FACTOR, sampling, console)
         bare = await _pairs(instant.target, via_instant, requests * FAST_FACTOR, sampling, console)
         paused = await _pairs(pausing.target, via_pausing, requests, sampling, console)
@@ -106,6 +97,22 @@ async def run_gateway(
         "pause_seconds": PAUSE_SECONDS,
         "pausing_upstream": paused,
     }
+
+
+def remote_endpoint(name: str, model: str, upstream_url: str) -> str:
+    """A settings file's `[[endpoints]]` table for one remote endpoint on one upstream."""
+    return (
+        f'[[endpoints]]\nname = "{name}"\nengine = "remote"\nmodel = "{model}"\n'
+        f'upstreams = ["{upstream_url}"]\ncontext_length = 2048\n\n'
+    )
+
+
+def through(gateway: Peer, name: str, endpoint: str) -> Target:
+    """The streaming OpenAI route of `gateway` to `endpoint`, with the gateway's access token."""
+    return Target(
+        name, Dialect.OPENAI, gateway.target.base_url + "/v1", endpoint,
+        api_key=gateway.target.access_token,
+    )  # fmt: skip
 
 
 def schedule(pairs: int) -> list[tuple[int, bool]]:

@@ -15,10 +15,6 @@ from qfserve.store.schema import AppRow
 _NAME = select(AppRow.name).where(AppRow.id == bindparam("app_id"))
 
 
-def _name(row: Row[Any]) -> str:
-    return str(row.name)
-
-
 def test_a_commit_elsewhere_is_seen_by_the_next_read(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hot.db'}"
     server, cli = Database(url), Database(url)  # two processes' engines on one file
@@ -29,7 +25,7 @@ def test_a_commit_elsewhere_is_seen_by_the_next_read(tmp_path: Path) -> None:
 
         def name(row: Row[Any]) -> str:
             converted.append(row.name)
-            return _name(row)
+            return str(row.name)
 
         assert server.read_one(_NAME, {"app_id": app_id}, name) == "before"
         assert server.read_one(_NAME, {"app_id": app_id}, name) == "before"
@@ -40,7 +36,7 @@ def test_a_commit_elsewhere_is_seen_by_the_next_read(tmp_path: Path) -> None:
         assert server.read_one(_NAME, {"app_id": app_id}, name) == "after"
         assert converted == ["before", "after"]
 
-        assert server.read_one(_NAME, {"app_id": app_id + 1}, _name) is None  # nothing found
+        assert server.read_one(_NAME, {"app_id": app_id + 1}, name) is None  # nothing found
     finally:
         server.close()
         cli.close()
