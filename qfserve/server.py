@@ -7,10 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import FrameType
 
 import anyio
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,15 +24,17 @@ from qfserve.access.usage import UsageLedger
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
 from qfserve.api.openai import routes as openai_routes
-from qfserve.api.qianfan import console as console_routes
-from qfserve.api.qianfan import render
-from qfserve.api.qianfan import routes as qianfan_routes
+from qfserve.api.qianfan_v1 import console as console_routes
+from qfserve.api.qianfan_v1 import oauth as oauth_routes
+from qfserve.api.qianfan_v1 import render
+from qfserve.api.qianfan_v1 import routes as qianfan_routes
 from qfserve.api.serving import ChatServing
 from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import EngineUnavailable, InternalError, MethodNotAllowed, UnknownRoute
 from qfserve.metrics import Metrics
+from qfserve.process import Service
 from qfserve.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -61,35 +61,6 @@ def open_store(settings: Settings) -> Store:
         IamKeys(database, master_key),
         AppKeys(database),
     )
-
-
-class Service:
-    """The ASGI app and the hook a process manager calls when asked to stop."""
-
-    def __init__(self, app: Starlette, engines: EngineRegistry, grace_seconds: float) -> None:
-        self.app = app
-        self._engines = engines
-        self._grace = grace_seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._draining: asyncio.Task[None] | None = None
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def begin_shutdown(self) -> None:
-        """Thread- and signal-safe: stop taking requests and wind running ones down.
-
-        Running answers get most of the grace period to finish; the rest end with error 2 as
-        their last event before the server's own grace period cancels their connections.
-        """
-        if self._loop is not None and self._draining is None:
-            self._loop.call_soon_threadsafe(self._start_draining)
-
-    def _start_draining(self) -> None:
-        if self._draining is None:
-            # Leave the last second (or half, if shorter) for the error events to reach clients.
-            running_time = max(self._grace / 2, self._grace - 1.0)
-            self._draining = asyncio.ensure_future(self._engines.drain(running_time))
 
 
 async def _restore_totals(
@@ -177,7 +148,8 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     # its telemetry check and three more middlewares on every request) had nothing to do here,
     # and cost about 0.1 ms of CPU per proxied request.
     routes = [
-        *qianfan_routes.build_routes(serving, gate, store.apps, store.tokens),
+        *qianfan_routes.build_routes(serving, gate),
+        *oauth_routes.build_routes(store.apps, store.tokens),
         *openai_routes.build_routes(settings, serving, gate),
         *console_routes.build_routes(settings, gate),
         *health.build_routes(registry),
@@ -203,31 +175,3 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     )
     service = Service(app, registry, settings.shutdown_grace_seconds)
     return service
-
-
-class _GracefulServer(uvicorn.Server):
-    def __init__(self, service: Service, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self._service = service
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        self._service.begin_shutdown()
-        # uvicorn re-raises the signal once it has shut down, so the process dies by it (status
-        # -15, or a KeyboardInterrupt traceback for SIGINT). A shutdown that was asked for and
-        # completed gracefully is a clean exit: status 0.
-        self._captured_signals.clear()
-
-
-def run(service: Service, settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then wind down within the grace period and return."""
-    config = uvicorn.Config(
-        service.app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
-        # Access logs would print every URL, and Qianfan URLs carry the access token.
-        access_log=False,
-    )
-    _GracefulServer(service, config).run()

@@ -29,7 +29,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the Qianfan API until SIGINT or SIGTERM."""
-    from qfserve.server import create_app, run
+    from qfserve.process import run
+    from qfserve.server import create_app
 
     settings = settings_from(config, host=host, port=port)
     if model is not None:

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.api.openai import render
 from qfserve.api.openai.protocol import ChatCompletionRequest
-from qfserve.api.qianfan.render import new_request_id
+from qfserve.api.qianfan_v1.render import new_request_id
 from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
 from qfserve.api.serving import ChatServing, PreparedChat
 from qfserve.chat.conversation import Message

@@ -7,19 +7,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
 
-import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from qfserve.access.apps import AppRegistry
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
-from qfserve.access.tokens import TokenIssuer
-from qfserve.api.qianfan import render
-from qfserve.api.qianfan.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
+from qfserve.api.qianfan_v1 import render
+from qfserve.api.qianfan_v1.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
 from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
 from qfserve.api.serving import ChatServing, PreparedChat, StreamEvent
 from qfserve.chat.conversation import Message
@@ -29,7 +25,6 @@ from qfserve.errors import (
     InternalError,
     InvalidArgument,
     InvalidJSON,
-    OAuthError,
     QfserveError,
 )
 
@@ -39,36 +34,7 @@ PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def build_routes(
-    serving: ChatServing, gate: AccessGate, apps: AppRegistry, tokens: TokenIssuer
-) -> list[BaseRoute]:
-    async def oauth_token(request: Request) -> Response:
-        fields = {k: v for k, v in request.query_params.items()}
-        if request.method == "POST":
-            form = parse_qs((await request.body()).decode("utf-8", "replace"))
-            fields.update({k: v[0] for k, v in form.items() if k not in fields})
-        try:
-            if fields.get("grant_type") != "client_credentials":
-                raise OAuthError(
-                    400, "unsupported_grant_type", "grant_type must be client_credentials"
-                )
-            app = await anyio.to_thread.run_sync(
-                apps.authenticate, fields.get("client_id", ""), fields.get("client_secret", "")
-            )
-            issued = await anyio.to_thread.run_sync(tokens.issue, app.app_id)
-        except OAuthError as error:
-            return render.oauth_error_response(error)
-        return render.json_response(
-            {
-                "refresh_token": issued.refresh_token,
-                "expires_in": issued.expires_in,
-                "session_key": issued.session_key,
-                "access_token": issued.access_token,
-                "scope": "public brain_all_scope wenxinworkshop_mgr ai_custom_yiyan_com",
-                "session_secret": issued.session_secret,
-            }
-        )
-
+def build_routes(serving: ChatServing, gate: AccessGate) -> list[BaseRoute]:
     async def chat(request: Request) -> Response:
         async def parse() -> tuple[ChatBody, list[Message]]:
             body = await _parse(request, ChatBody)
@@ -174,7 +140,6 @@ def build_routes(
         Route(PREFIX + "/chat/{endpoint}", chat, methods=["POST"]),
         Route(PREFIX + "/completions/{endpoint}", completions, methods=["POST"]),
         Route(PREFIX + "/tokenizer/erniebot", tokenizer, methods=["POST"]),
-        Route("/oauth/2.0/token", oauth_token, methods=["GET", "POST"]),
     ]
 
 

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import AccessGate
-from qfserve.api.qianfan import render
-from qfserve.api.qianfan.routes import PREFIX, credentials
+from qfserve.api.qianfan_v1 import render
+from qfserve.api.qianfan_v1.routes import PREFIX, credentials
 from qfserve.config import Settings
 from qfserve.errors import QfserveError
 
