@@ -28,7 +28,7 @@ from qfserve.api.qianfan_v1 import console as console_routes
 from qfserve.api.qianfan_v1 import oauth as oauth_routes
 from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1 import routes as qianfan_routes
-from qfserve.api.serving import ChatServing
+from qfserve.serving.chat import ChatServing
 from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry

@@ -17,7 +17,7 @@ from qfserve.api.openai import render
 from qfserve.api.openai.protocol import ChatCompletionRequest
 from qfserve.api.qianfan_v1.render import new_request_id
 from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
-from qfserve.api.serving import ChatServing, PreparedChat
+from qfserve.serving.chat import ChatServing, PreparedChat
 from qfserve.chat.conversation import Message
 from qfserve.chat.params import OPENAI, RequestedSampling
 from qfserve.config import Settings

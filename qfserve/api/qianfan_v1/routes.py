@@ -17,7 +17,7 @@ from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
 from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
-from qfserve.api.serving import ChatServing, PreparedChat, StreamEvent
+from qfserve.serving.chat import ChatServing, PreparedChat, StreamEvent
 from qfserve.chat.conversation import Message
 from qfserve.chat.params import RequestedSampling
 from qfserve.chat.safety import Verdict

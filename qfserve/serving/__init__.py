@@ -1,0 +1,2 @@
+"""The one request pipeline every dialect runs: authenticate, permit, fit the conversation, admit,
+screen, generate, settle. Nothing here knows HTTP."""
