@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # one. Empty: a key file in `data_dir`, created on first use.
     master_key: str = ""
     log_level: str = "info"
+    # The largest request body a chat route reads; past it, 336001 (HTTP 413 where statuses are
+    # real) before the rest is read.
+    max_request_bytes: int = Field(default=1_048_576, gt=0)
     endpoints: list[EndpointSettings] = Field(default_factory=lambda: [EndpointSettings()])
     engine: EngineSettings = Field(default_factory=EngineSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)

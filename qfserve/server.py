@@ -10,9 +10,6 @@ from dataclasses import dataclass
 
 import anyio
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 
 from qfserve.access.app_keys import AppKeys
 from qfserve.access.apps import AppRegistry
@@ -21,20 +18,22 @@ from qfserve.access.iam_keys import IamKeys, load_master_key
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
+from qfserve.api import errors as api_errors
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
 from qfserve.api.openai import routes as openai_routes
 from qfserve.api.qianfan_v1 import console as console_routes
 from qfserve.api.qianfan_v1 import oauth as oauth_routes
-from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1 import routes as qianfan_routes
-from qfserve.serving.chat import ChatServing
+from qfserve.api.qianfan_v2 import routes as v2_routes
 from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
 from qfserve.engines.registry import EngineRegistry
-from qfserve.errors import EngineUnavailable, InternalError, MethodNotAllowed, UnknownRoute
+from qfserve.errors import EngineUnavailable
 from qfserve.metrics import Metrics
 from qfserve.process import Service
+from qfserve.serving.chat import ChatServing
+from qfserve.serving.pipeline import ChatPipeline
 from qfserve.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -147,31 +146,21 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     # a Request and returns a Response: FastAPI's layer on top (dependencies, per-route models,
     # its telemetry check and three more middlewares on every request) had nothing to do here,
     # and cost about 0.1 ms of CPU per proxied request.
+    pipeline = ChatPipeline(serving, gate)
     routes = [
-        *qianfan_routes.build_routes(serving, gate),
+        *qianfan_routes.build_routes(settings, pipeline, serving, gate),
         *oauth_routes.build_routes(store.apps, store.tokens),
-        *openai_routes.build_routes(settings, serving, gate),
+        *openai_routes.build_routes(settings, pipeline, gate),
+        *v2_routes.build_routes(settings, pipeline, serving, gate),
         *console_routes.build_routes(settings, gate),
         *health.build_routes(registry),
         *metrics_route.build_routes(metrics),
     ]
 
-    async def http_error(_request: Request, exc: Exception) -> Response:
-        # Qianfan answers unknown routes and wrong methods as errors in its own shape, HTTP 200.
-        # Only HTTPExceptions come here; Starlette's handler type is for any exception.
-        wrong_method = isinstance(exc, HTTPException) and exc.status_code == 405
-        error = MethodNotAllowed() if wrong_method else UnknownRoute()
-        return render.error_response(error, render.new_request_id())
-
-    async def unexpected(_request: Request, exc: Exception) -> Response:
-        request_id = render.new_request_id()
-        log.error("request %s failed: %r", request_id, exc, exc_info=exc)
-        return render.error_response(InternalError(), request_id)
-
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: unexpected},
+        exception_handlers=api_errors.HANDLERS,
     )
     service = Service(app, registry, settings.shutdown_grace_seconds)
     return service

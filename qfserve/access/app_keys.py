@@ -72,8 +72,10 @@ class AppKeys:
 
     def verify(self, key: str | None) -> App:
         """The app the key belongs to; raises 100, 110 or 15 otherwise."""
-        if not key or not key.startswith(KEY_PREFIX):
+        if not key:
             raise MissingToken()
+        if not key.startswith(KEY_PREFIX):
+            raise MissingToken("Invalid parameter: the key is malformed")
         found = self._db.read_one(_VERIFY, {"digest": token_digest(key)}, _found)
         if found is None or found[0]:
             raise InvalidToken()

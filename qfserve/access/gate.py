@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 
 from qfserve.access import signature
 from qfserve.access.app_keys import KEY_PREFIX, AppKeys
@@ -22,7 +23,7 @@ from qfserve.access.iam_keys import IamKeys
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits, Ticket
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger, UsageRecord
-from qfserve.errors import NoPermission
+from qfserve.errors import EngineUnavailable, NoPermission
 from qfserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,14 @@ class AccessGate:
         never wait for writers) it runs inline: the read takes about 0.3 ms, and the hop to a
         worker thread and back added 0.4 ms more, on every request. A networked database is
         waited for in a worker thread."""
-        if self._inline_lookups:
-            return find(key)
-        return await anyio.to_thread.run_sync(find, key)
+        try:
+            if self._inline_lookups:
+                return find(key)
+            return await anyio.to_thread.run_sync(find, key)
+        except SQLAlchemyError as exc:
+            # The store is down or unreachable: a retryable answer, not a bug of ours.
+            log.warning("the store could not be read: %s", type(exc).__name__)
+            raise EngineUnavailable("the store is unavailable, try again shortly") from exc
 
     async def verify(self, credentials: Credentials) -> App:
         """The calling app, by its access token or else its signature (100, 110, 111, 14, 15)."""

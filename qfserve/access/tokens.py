@@ -88,8 +88,10 @@ class TokenIssuer:
 
     def verify(self, token: str | None) -> App:
         """The app the token belongs to; raises 100, 110, 111 or 15 otherwise."""
-        if not token or not _TOKEN_SHAPE.match(token):
+        if not token:
             raise MissingToken()
+        if not _TOKEN_SHAPE.match(token):
+            raise MissingToken("Invalid parameter: access_token is malformed")
         found = self._db.read_one(_VERIFY, {"digest": token_digest(token)}, _Found.from_row)
         if found is None or found.revoked:
             raise InvalidToken()

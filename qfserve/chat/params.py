@@ -26,7 +26,7 @@ class RequestedSampling:
 
 @dataclass(frozen=True, slots=True)
 class DialectRules:
-    """Where the dialects differ: Qianfan's temperature is in (0, 1] and its output at least 2
+    """Where the dialects differ: Qianfan's temperature is in (0, 1] and V1's output at least 2
     tokens; OpenAI's temperature is in [0, 2] (0: greedy) and its output at least 1 token."""
 
     zero_temperature: bool = False
@@ -36,6 +36,8 @@ class DialectRules:
 
 QIANFAN = DialectRules()
 OPENAI = DialectRules(zero_temperature=True, max_temperature=2.0, min_output_tokens=1)
+# Qianfan V2: V1's temperature range, OpenAI's output floor.
+QIANFAN_V2 = DialectRules(min_output_tokens=1)
 
 
 def resolve_sampling(

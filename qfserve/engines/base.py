@@ -51,7 +51,10 @@ class Delta:
     text: str
     token_count: int
     finish_reason: FinishReason | None = None
+    # On the last delta, where the engine knows them: the prompt as the model counted it (a
+    # remote upstream's own tokenizer), and how much of it came from a prefix cache.
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,7 +381,7 @@ class LlamaCppEngine:
         live = seq.payload
         self._sched.append(seq, token)
         if self._model.is_eog(token):
-            self._end(seq, Delta(live.stops.flush(), 1, "stop"))
+            self._end(seq, Delta(live.stops.flush(), 1, "stop", cached_tokens=seq.n_cached))
             return
         text = live.stops.feed(self._model.token_piece(token))
         reason: FinishReason | None = None
@@ -394,7 +394,7 @@ class LlamaCppEngine:
         if reason is None:
             self._out.append((live, Delta(text, 1)))
         else:
-            self._end(seq, Delta(text, 1, reason))
+            self._end(seq, Delta(text, 1, reason, cached_tokens=seq.n_cached))
 
     def _end(self, seq: Seq, last: Item, *, keep_cache: bool = True) -> None:
         """Engine thread: free the sequence (slot, sampler, admission) and post its last item."""

@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from qfserve.chat.conversation import Message, check_messages, drop_oldest_round, forget_to_fit
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
@@ -36,19 +36,28 @@ from qfserve.errors import (
     UnknownEndpoint,
 )
 from qfserve.metrics import Metrics, RequestClock
+from qfserve.serving.request import Ending, Piece, Usage
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class Flag:
-    """Set when the answer is flagged while it is generated; read once the answer is done."""
+class Tally:
+    """What is learnt while the answer is generated, read once it is done: a safety hit on the
+    answer, and the engine's own counts of the prompt (a remote upstream's tokenizer) and of the
+    prompt tokens its prefix cache served."""
 
     hit: Hit | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
 
     @property
     def category(self) -> str | None:
         return self.hit.category if self.hit is not None else None
+
+    def usage(self, prepared_prompt_tokens: int, completion_tokens: int) -> Usage:
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else prepared_prompt_tokens
+        return Usage(prompt, completion_tokens, self.cached_tokens or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +68,7 @@ class PreparedChat:
     generation: GenerationRequest
     clock: RequestClock
     guard: StreamGuard | None = None
-    flag: Flag = field(default_factory=Flag)
+    tally: Tally = field(default_factory=Tally)
 
     @property
     def prompt_tokens(self) -> int:
@@ -68,29 +77,15 @@ class PreparedChat:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: FinishReason
-    flagged: bool = False
-
-    @property
-    def is_truncated(self) -> bool:
-        return self.finish_reason == "length" and not self.flagged
+    text: str  # the refusal when the answer was flagged
+    ending: Ending
+    usage: Usage
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One segment of a streamed answer; the last has `is_end`, or an `error` after a failure."""
-
-    sentence_id: int
-    text: str
-    completion_tokens: int  # this segment's
-    total_tokens: int  # the prompt's plus every completion token so far
-    is_end: bool
-    is_truncated: bool = False
-    error: QfserveError | None = None
-    flagged: bool = False  # the answer was flagged: this is the last event
+def ending(finish: FinishReason, tally: Tally) -> Ending:
+    if tally.hit is not None:
+        return "content_filter"
+    return "length" if finish == "length" else "stop"
 
 
 class ChatServing:
@@ -124,7 +119,7 @@ class ChatServing:
             raise EngineUnavailable()
         return settings, engine
 
-    def prepare(
+    async def prepare(
         self,
         request_id: str,
         endpoint_name: str,
@@ -196,6 +191,11 @@ class ChatServing:
             return None
         return Verdict(hit, -1) if hit is not None else None
 
+    def context_length(self, endpoint_name: str) -> int | None:
+        """The model's context per sequence, once its engine is loaded."""
+        engine = self._engines.get(endpoint_name)
+        return engine.info.context_length if engine is not None and engine.ready else None
+
     def tokenize(self, endpoint_name: str, text: str) -> int:
         _, engine = self.endpoint(endpoint_name)
         return len(engine.tokenize(text, special=False))
@@ -204,7 +204,6 @@ class ChatServing:
         """The whole answer. Cancelling this (client gone) aborts the generation."""
         parts: list[str] = []
         tokens = 0
-        prompt_tokens = chat.prompt_tokens
         finish: FinishReason = "stop"
         async with _closing(chat.engine.generate(chat.generation)) as generated:
             async for delta in self._moderated(chat, generated):
@@ -212,29 +211,52 @@ class ChatServing:
                 parts.append(delta.text)
                 tokens += delta.token_count
                 finish = delta.finish_reason or finish
-                # A remote engine's upstream counts the prompt with the model's own tokenizer.
-                prompt_tokens = delta.prompt_tokens or prompt_tokens
         chat.clock.finish(tokens)
-        flagged = chat.flag.hit is not None
+        usage = chat.tally.usage(chat.prompt_tokens, tokens)
+        flagged = chat.tally.hit is not None
         text = self._settings.safety.refusal if flagged else "".join(parts)
-        return Answer(text, prompt_tokens, tokens, finish, flagged)
+        return Answer(text, ending(finish, chat.tally), usage)
 
-    async def deltas(self, chat: PreparedChat) -> AsyncIterator[Delta]:
-        """The answer as the engine produces it, through the safety guard. Closing this
-        generator aborts the generation."""
-        generated_tokens = 0
-        async with _closing(chat.engine.generate(chat.generation)) as generated:
-            async for delta in self._moderated(chat, generated):
-                chat.clock.tokens(delta.token_count)
-                generated_tokens += delta.token_count
-                if delta.finish_reason is not None:
-                    chat.clock.finish(generated_tokens)
-                yield delta
+    async def pieces(self, chat: PreparedChat) -> AsyncGenerator[Piece]:
+        """The answer as the engine produces it, through the safety guard, one piece a delta;
+        the last piece has an ending, or an error if the engine failed after the first piece
+        (a failure before it is raised). Closing this generator aborts the generation."""
+        generated = 0
+        started = False
+        async with _closing(chat.engine.generate(chat.generation)) as deltas:
+            try:
+                async for delta in self._moderated(chat, deltas):
+                    chat.clock.tokens(delta.token_count)
+                    generated += delta.token_count
+                    usage = chat.tally.usage(chat.prompt_tokens, generated)
+                    if delta.finish_reason is None:
+                        started = True
+                        yield Piece(delta.text, delta.token_count, usage)
+                        continue
+                    chat.clock.finish(generated)
+                    end = ending(delta.finish_reason, chat.tally)
+                    yield Piece(delta.text, delta.token_count, usage, end)
+                    return
+            except QfserveError as error:
+                if not started:
+                    raise
+                yield Piece("", 0, chat.tally.usage(chat.prompt_tokens, generated), error=error)
+                return
+            except Exception as exc:
+                if not started:
+                    raise
+                log.error("request %s: the engine failed", chat.generation.request_id, exc_info=exc)
+                usage = chat.tally.usage(chat.prompt_tokens, generated)
+                yield Piece("", 0, usage, error=InternalError())
+                return
+        # The engine ended without a reason: a finished answer all the same.
+        chat.clock.finish(generated)
+        yield Piece("", 0, chat.tally.usage(chat.prompt_tokens, generated), "stop")
 
-    def stream(self, chat: PreparedChat) -> AsyncIterator[StreamEvent]:
-        """Sentence segments as they complete. The generator must be closed (aclose) by its
-        consumer; closing it aborts the generation."""
-        return _SegmentStream(chat, self._settings.stream, self._moderated).events()
+    def segments(self, chat: PreparedChat) -> AsyncGenerator[Piece]:
+        """Sentence segments as they complete, the last with an ending or an error. The
+        generator must be closed (aclose) by its consumer; closing it aborts the generation."""
+        return _SegmentStream(chat, self._settings.stream, self._moderated).pieces()
 
     async def _moderated(
         self, chat: PreparedChat, deltas: AsyncIterator[Delta]
@@ -242,17 +264,20 @@ class ChatServing:
         """The answer through its safety guard: held back only while a listed term could still
         complete; on a hit the flagged text is dropped and the answer ends there (returning
         lets the caller close the engine's generator, which frees the sequence)."""
-        guard = chat.guard
-        if guard is None:
-            async for delta in deltas:
-                yield delta
-            return
+        guard, tally = chat.guard, chat.tally
         async for delta in deltas:
+            if delta.prompt_tokens is not None:
+                tally.prompt_tokens = delta.prompt_tokens
+            if delta.cached_tokens is not None:
+                tally.cached_tokens = delta.cached_tokens
+            if guard is None:
+                yield delta
+                continue
             text = guard.feed(delta.text)
             if delta.finish_reason is not None and guard.hit is None:
                 text += guard.flush()
             if guard.hit is not None:
-                chat.flag.hit = guard.hit
+                tally.hit = guard.hit
                 self._metrics.safety_hit(guard.hit.category, "answer")
                 yield Delta(text, delta.token_count, "stop")
                 return
@@ -285,19 +310,17 @@ class _SegmentStream:
         self._segmenter = Segmenter(
             min_chars=settings.min_segment_chars, max_tokens=settings.max_segment_tokens
         )
-        self._sentence_id = 0
-        self._total = chat.prompt_tokens
+        self._sent = 0  # pieces yielded
+        self._counted = 0  # completion tokens in the pieces yielded
         self._generated = 0  # counted by the pump as deltas arrive
 
-    def _event(self, segment: Segment, *, is_end: bool, truncated: bool = False) -> StreamEvent:
-        self._total += segment.token_count
-        event = StreamEvent(
-            self._sentence_id, segment.text, segment.token_count, self._total, is_end, truncated
-        )
-        self._sentence_id += 1
-        return event
+    def _piece(self, segment: Segment, end: Ending | None = None) -> Piece:
+        self._sent += 1
+        self._counted += segment.token_count
+        usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+        return Piece(segment.text, segment.token_count, usage, end)
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def pieces(self) -> AsyncGenerator[Piece]:
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
         pump = asyncio.create_task(self._pump(queue))
         held: list[Segment] = []
@@ -316,19 +339,20 @@ class _SegmentStream:
                         item = await queue.get()
                 except TimeoutError:
                     for segment in held:
-                        yield self._event(segment, is_end=False)
+                        yield self._piece(segment)
                     held = []
                     if not self._segmenter.empty:
-                        yield self._event(self._segmenter.flush(), is_end=False)
+                        yield self._piece(self._segmenter.flush())
                     opened_at = None
                     continue
                 if isinstance(item, BaseException):
-                    if self._sentence_id == 0 and not held:
-                        raise item  # nothing sent yet: the route answers with a plain error
+                    if self._sent == 0 and not held:
+                        raise item  # nothing sent yet: the dialect answers with a plain error
                     for segment in held:
-                        yield self._event(segment, is_end=False)
+                        yield self._piece(segment)
                     error = item if isinstance(item, QfserveError) else InternalError()
-                    yield StreamEvent(self._sentence_id, "", 0, self._total, True, error=error)
+                    usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+                    yield Piece("", 0, usage, error=error)
                     return
                 if item is None:
                     item = Delta("", 0, "stop")
@@ -337,17 +361,15 @@ class _SegmentStream:
                     last = [*held, *completed, self._segmenter.flush()]
                     if len(last) > 1 and not last[-1].text and not last[-1].token_count:
                         last.pop()
-                    flagged = self._chat.flag.hit is not None
-                    truncated = item.finish_reason == "length" and not flagged
+                    end = ending(item.finish_reason, self._chat.tally)
                     self._chat.clock.finish(self._generated)
-                    for index, segment in enumerate(last):
-                        is_end = index == len(last) - 1
-                        event = self._event(segment, is_end=is_end, truncated=truncated)
-                        yield replace(event, flagged=flagged and is_end)
+                    for segment in last[:-1]:
+                        yield self._piece(segment)
+                    yield self._piece(last[-1], end)
                     return
                 # A delta that does not finish means more follows: what was held can go.
                 for segment in held:
-                    yield self._event(segment, is_end=False)
+                    yield self._piece(segment)
                 held = completed
                 if completed:
                     opened_at = None

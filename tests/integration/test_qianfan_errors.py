@@ -85,8 +85,10 @@ def test_unknown_route_is_3(server: Server) -> None:
 
 def test_missing_or_malformed_token_is_100(server: Server) -> None:
     base = f"{server.url}/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/llama_2_7b"
-    assert_error(post(base, json={"messages": QUESTION}), 100, "Invalid parameter")
-    assert_error(post(base + "?access_token=garbage", json={"messages": QUESTION}), 100)
+    missing = "Invalid parameter: access_token is missing"
+    assert_error(post(base, json={"messages": QUESTION}), 100, missing)
+    malformed = "Invalid parameter: access_token is malformed"
+    assert_error(post(base + "?access_token=garbage", json={"messages": QUESTION}), 100, malformed)
 
 
 def test_unknown_token_is_110(server: Server) -> None:

@@ -1,14 +1,18 @@
 """OpenAI's chat completions wire models, the part qfserve serves. No logic here.
 
-Unknown fields are accepted and ignored (clients send many: `logprobs`, `tools`, ...); those that
-would change the answer's meaning and that qfserve cannot honour are refused by the routes.
+Unknown fields are accepted and ignored (clients send many: `logprobs`, `logit_bias`, ...); those
+that would change the answer's meaning and that qfserve cannot honour (`response_format`, `tools`)
+are parsed here and refused by the pipeline.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# Every string the server keeps (the ledger's user column) has a bound at the door.
+MAX_USER_CHARS = 256
 
 
 class WireModel(BaseModel):
@@ -34,6 +38,28 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(WireModel):
+    name: str = ""
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionSpec(WireModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(WireModel):
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
 class ChatCompletionRequest(WireModel):
     model: str
     messages: list[ChatMessage]
@@ -46,7 +72,11 @@ class ChatCompletionRequest(WireModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     # Extensions that llama.cpp and vLLM accept too.
     top_k: int | None = None
     repetition_penalty: float | None = None

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Every string the server keeps (the ledger's user column) has a bound at the door.
+MAX_USER_CHARS = 256
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -29,7 +32,7 @@ class SamplingFields(WireModel):
     # An extension for reproducible answers (as OpenAI's `seed`); Qianfan ignores it.
     seed: int | None = None
     stream: bool | None = None
-    user_id: str | None = None
+    user_id: str | None = Field(default=None, max_length=MAX_USER_CHARS)
 
 
 class ChatBody(SamplingFields):

@@ -33,11 +33,11 @@ def error_body(error: QfserveError, request_id: str) -> dict[str, Any]:
     return {"error_code": error.code, "error_msg": error.message, "id": request_id}
 
 
-def error_response(
-    error: QfserveError, request_id: str, headers: dict[str, str] | None = None
-) -> Response:
+def error_response(error: QfserveError) -> Response:
+    """The error as V1 answers it, with the id and rate-limit headers of the request it ended."""
     # HTTP 200 on purpose: on any other status the SDK loses its retry and token-refresh handling.
-    return json_response(error_body(error, request_id), headers=headers)
+    request_id = error.request_id or new_request_id()
+    return json_response(error_body(error, request_id), headers=error.headers)
 
 
 def oauth_error_response(error: OAuthError) -> Response:

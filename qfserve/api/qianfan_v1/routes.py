@@ -1,138 +1,72 @@
-"""Qianfan's routes: parse the request, call the serving layer, render. No logic beyond that."""
+"""Qianfan V1's routes: parse the body into a chat request, run the pipeline, render the outcome.
+
+Errors are raised, and answered in V1's shape (HTTP 200, `error_code`) by the app's handler.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
+from qfserve.access.gate import AccessGate, Credentials
+from qfserve.api.calls import parse_json, read_body, run_chat
 from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
-from qfserve.api.responses import ClientGone, EventStreamResponse, until_disconnect
-from qfserve.serving.chat import ChatServing, PreparedChat, StreamEvent
+from qfserve.api.responses import EventStreamResponse
 from qfserve.chat.conversation import Message
-from qfserve.chat.params import RequestedSampling
-from qfserve.chat.safety import Verdict
-from qfserve.errors import (
-    InternalError,
-    InvalidArgument,
-    InvalidJSON,
-    QfserveError,
-)
-
-log = logging.getLogger(__name__)
+from qfserve.chat.params import QIANFAN, RequestedSampling
+from qfserve.config import Settings
+from qfserve.serving.chat import ChatServing
+from qfserve.serving.pipeline import ChatPipeline
+from qfserve.serving.request import ChatRequest, Completed, Outcome, Piece, Refused, Streaming
 
 PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
-Body = TypeVar("Body", bound=BaseModel)
 
 
-def build_routes(serving: ChatServing, gate: AccessGate) -> list[BaseRoute]:
+def build_routes(
+    settings: Settings, pipeline: ChatPipeline, serving: ChatServing, gate: AccessGate
+) -> list[BaseRoute]:
+    limit = settings.max_request_bytes
+
     async def chat(request: Request) -> Response:
-        async def parse() -> tuple[ChatBody, list[Message]]:
-            body = await _parse(request, ChatBody)
-            return body, [Message(m.role, m.content) for m in body.messages]
+        endpoint: str = request.path_params["endpoint"]
+        raw = await read_body(request, limit)
 
-        return await _chat_flow(request, parse, "chat.completion")
+        def parse() -> ChatRequest:
+            body = parse_json(raw, ChatBody)
+            messages = [Message(m.role, m.content) for m in body.messages]
+            return _request(endpoint, body, messages, body.system)
+
+        return render_outcome(await run_chat(request, pipeline, credentials(request), parse))
 
     async def completions(request: Request) -> Response:
-        async def parse() -> tuple[CompletionBody, list[Message]]:
-            body = await _parse(request, CompletionBody)
-            return body, [Message("user", body.prompt)]
+        endpoint: str = request.path_params["endpoint"]
+        raw = await read_body(request, limit)
 
-        return await _chat_flow(request, parse, "completion")
+        def parse() -> ChatRequest:
+            body = parse_json(raw, CompletionBody)
+            return _request(endpoint, body, [Message("user", body.prompt)], None)
+
+        outcome = await run_chat(request, pipeline, credentials(request), parse)
+        return render_outcome(outcome, "completion")
 
     async def tokenizer(request: Request) -> Response:
-        request_id = render.new_request_id()
-        try:
-            await gate.verify(credentials(request))
-            body = await _parse(request, TokenizerBody)
-            count = serving.tokenize(body.model or serving.default_endpoint, body.prompt)
-        except QfserveError as error:
-            return render.error_response(error, request_id)
+        raw = await read_body(request, limit)
+        await gate.verify(credentials(request))
+        body = parse_json(raw, TokenizerBody)
+        count = serving.tokenize(body.model or serving.default_endpoint, body.prompt)
         return render.json_response(
             {
-                "id": request_id,
+                "id": render.new_request_id(),
                 "object": "tokenizer.erniebot",
                 "created": int(time.time()),
                 "usage": render.usage(count, 0, count),
             }
-        )
-
-    async def _chat_flow(request: Request, parse: Any, kind: str) -> Response:
-        endpoint: str = request.path_params["endpoint"]
-        request_id = render.new_request_id()
-        call = gate.open_call(request_id, endpoint)
-        try:
-            # Who is calling, what may they do, is the request sound, may it run now: all of it
-            # before the first byte of any answer.
-            app = await gate.authenticate(call, credentials(request))
-            serving.endpoint(endpoint)
-            gate.permit(app, endpoint)
-            body, messages = await parse()
-            call.user_id = body.user_id
-            system = body.system if isinstance(body, ChatBody) else None
-            prepared = serving.prepare(request_id, endpoint, messages, system, _sampling(body))
-            call.prompt_tokens = prepared.prompt_tokens
-            await gate.admit(call, prepared.prompt_tokens + prepared.generation.sampling.max_tokens)
-            verdict = await serving.screen(messages)
-            if verdict is not None:
-                # No generation: the refusal, flagged, with the prompt's usage only.
-                call.safety_category = verdict.hit.category
-                await call.finish(0)
-                refusal = _refusal_body(
-                    request_id, kind, prepared, verdict, serving.refusal, body.stream
-                )
-                if body.stream:
-                    return EventStreamResponse(
-                        _single(render.sse(refusal)),
-                        headers={**render.STREAM_HEADERS, **call.headers()},
-                    )
-                return render.json_response(refusal, headers={**render.STATEMENT, **call.headers()})
-            if body.stream:
-                events = serving.stream(prepared)
-                first = await until_disconnect(request.receive, anext(events))
-                return EventStreamResponse(
-                    _sse(request_id, kind, prepared, first, events, call),
-                    headers={**render.STREAM_HEADERS, **call.headers()},
-                )
-            answer = await until_disconnect(request.receive, serving.answer(prepared))
-        except ClientGone:
-            log.info("request %s: client went away before the answer", request_id)
-            await call.finish(CLIENT_GONE)
-            return Response(status_code=CLIENT_GONE)
-        except QfserveError as error:
-            await call.finish(error.code)
-            return render.error_response(error, request_id, headers=call.headers())
-        except Exception:
-            log.exception("request %s failed", request_id)
-            await call.finish(InternalError.code)
-            return render.error_response(InternalError(), request_id)
-        call.safety_category = prepared.flag.category
-        call.prompt_tokens = answer.prompt_tokens  # a remote upstream's own count, if it gave one
-        await call.finish(0, answer.completion_tokens)
-        return render.json_response(
-            {
-                "id": request_id,
-                "object": kind,
-                "created": int(time.time()),
-                "result": answer.text,
-                "is_truncated": answer.is_truncated,
-                **render.safety_flags(answer.flagged),
-                "usage": render.usage(
-                    answer.prompt_tokens,
-                    answer.completion_tokens,
-                    answer.prompt_tokens + answer.completion_tokens,
-                ),
-            },
-            headers={**render.STATEMENT, **call.headers()},
         )
 
     # The chat route first: routes are matched in order.
@@ -154,8 +88,10 @@ def credentials(request: Request) -> Credentials:
     )
 
 
-def _sampling(body: SamplingFields) -> RequestedSampling:
-    return RequestedSampling(
+def _request(
+    endpoint: str, body: SamplingFields, messages: list[Message], system: str | None
+) -> ChatRequest:
+    sampling = RequestedSampling(
         temperature=body.temperature,
         top_k=body.top_k,
         top_p=body.top_p,
@@ -164,86 +100,82 @@ def _sampling(body: SamplingFields) -> RequestedSampling:
         max_output_tokens=body.max_output_tokens,
         seed=body.seed,
     )
+    return ChatRequest(
+        endpoint,
+        messages,
+        system,
+        sampling,
+        QIANFAN,
+        stream=bool(body.stream),
+        segmented=True,
+        user_id=body.user_id,
+    )
 
 
-async def _parse(request: Request, model: type[Body]) -> Body:
-    raw = await request.body()
+def render_outcome(outcome: Outcome, kind: str = "chat.completion") -> Response:
+    if isinstance(outcome, Streaming):
+        return EventStreamResponse(
+            _events(outcome, kind), headers={**render.STREAM_HEADERS, **outcome.headers}
+        )
+    body = _refusal(outcome, kind) if isinstance(outcome, Refused) else _answer(outcome, kind)
+    if outcome.request.stream:  # a refused stream: one event, the last
+        return EventStreamResponse(
+            _single(render.sse(body)), headers={**render.STREAM_HEADERS, **outcome.headers}
+        )
+    return render.json_response(body, headers={**render.STATEMENT, **outcome.headers})
+
+
+def _answer(outcome: Completed, kind: str) -> dict[str, Any]:
+    usage = outcome.usage
+    return {
+        "id": outcome.request_id,
+        "object": kind,
+        "created": int(time.time()),
+        "result": outcome.text,
+        "is_truncated": outcome.ending == "length",
+        **render.safety_flags(outcome.ending == "content_filter"),
+        "usage": render.usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+    }
+
+
+def _refusal(outcome: Refused, kind: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": outcome.request_id, "object": kind, "created": int(time.time())}
+    if outcome.request.stream:
+        body.update(sentence_id=0, is_end=True)
+    prompt = outcome.usage.prompt_tokens
+    return {
+        **body,
+        "result": outcome.text,
+        "is_truncated": False,
+        **render.safety_flags(True, outcome.verdict.ban_round),
+        "usage": render.usage(prompt, 0, prompt),
+    }
+
+
+async def _events(outcome: Streaming, kind: str) -> AsyncIterator[bytes]:
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidJSON() from exc
-    if not isinstance(data, dict):
-        raise InvalidArgument("Invalid Argument: the body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise InvalidArgument(f"Invalid Argument: {where}: {first['msg']}") from exc
-
-
-async def _sse(
-    request_id: str,
-    kind: str,
-    prepared: PreparedChat,
-    first: StreamEvent,
-    rest: AsyncIterator[StreamEvent],
-    call: Call,
-) -> AsyncIterator[bytes]:
-    outcome, generated = CLIENT_GONE, 0  # unless the stream reaches its end
-    try:
-        event: StreamEvent | None = first
-        while event is not None:
-            generated += event.completion_tokens
-            if event.error is not None:
-                outcome = event.error.code
-            elif event.is_end:
-                outcome = 0
-            call.safety_category = prepared.flag.category
-            yield render.sse(_event_body(request_id, kind, prepared, event))
-            event = await anext(rest, None)
+        sentence_id = 0
+        async for piece in outcome.pieces:
+            yield render.sse(_event(outcome.request_id, kind, sentence_id, piece))
+            sentence_id += 1
     finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        await call.finish(outcome, generated)
+        await outcome.aclose()
 
 
-def _event_body(
-    request_id: str, kind: str, prepared: PreparedChat, event: StreamEvent
-) -> dict[str, Any]:
-    if event.error is not None:
-        return render.error_body(event.error, request_id)
+def _event(request_id: str, kind: str, sentence_id: int, piece: Piece) -> dict[str, Any]:
+    if piece.error is not None:
+        return render.error_body(piece.error, request_id)
+    usage = piece.usage
     return {
         "id": request_id,
         "object": kind,
         "created": int(time.time()),
-        "sentence_id": event.sentence_id,
-        "is_end": event.is_end,
-        "is_truncated": event.is_truncated,
-        "result": event.text,
-        **render.safety_flags(event.flagged),
-        "usage": render.usage(prepared.prompt_tokens, event.completion_tokens, event.total_tokens),
-    }
-
-
-def _refusal_body(
-    request_id: str,
-    kind: str,
-    prepared: PreparedChat,
-    verdict: Verdict,
-    refusal: str,
-    stream: bool | None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": request_id, "object": kind, "created": int(time.time())}
-    if stream:
-        body.update(sentence_id=0, is_end=True)
-    return {
-        **body,
-        "result": refusal,
-        "is_truncated": False,
-        **render.safety_flags(True, verdict.ban_round),
-        "usage": render.usage(prepared.prompt_tokens, 0, prepared.prompt_tokens),
+        "sentence_id": sentence_id,
+        "is_end": piece.is_last,
+        "is_truncated": piece.ending == "length",
+        "result": piece.text,
+        **render.safety_flags(piece.ending == "content_filter"),
+        "usage": render.usage(usage.prompt_tokens, piece.completion_tokens, usage.total_tokens),
     }
 
 

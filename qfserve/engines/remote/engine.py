@@ -280,8 +280,9 @@ class RemoteEngine:
             if usage is not None and usage.completion_tokens is not None:
                 last = max(0, usage.completion_tokens - sent)
             prompt = usage.prompt_tokens if usage is not None else None
+            cached = usage.cached_tokens if usage is not None else None
             sent, pending = sent + last, 0
-            yield Delta(stops.flush(), last, finish, prompt)
+            yield Delta(stops.flush(), last, finish, prompt, cached)
         finally:
             if attempt is not None:
                 attempt.close()

@@ -53,6 +53,7 @@ class AttemptFailed(Exception):
 class Usage:
     prompt_tokens: int | None
     completion_tokens: int | None
+    cached_tokens: int | None = None  # `prompt_tokens_details.cached_tokens`, where sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,13 @@ def _usage(usage: dict[str, Any]) -> Usage:
         value = usage.get(key)
         return value if isinstance(value, int) and value >= 0 else None
 
-    return Usage(count("prompt_tokens"), count("completion_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        count("prompt_tokens"),
+        count("completion_tokens"),
+        cached if isinstance(cached, int) and cached >= 0 else None,
+    )
 
 
 def status_failure(status: int, body: str) -> AttemptFailed:
