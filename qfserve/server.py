@@ -51,9 +51,9 @@ class Store:
 
 def open_store(settings: Settings) -> Store:
     """The store, its schema brought up to date first."""
+    master_key = load_master_key(settings.master_key, settings.master_key_file)
     database = Database(settings.resolved_database_url)
     database.upgrade()
-    master_key = load_master_key(settings.master_key, settings.master_key_file)
     return Store(
         database,
         AppRegistry(database),

@@ -29,6 +29,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the Qianfan API until SIGINT or SIGTERM."""
+    from qfserve.access.iam_keys import InvalidMasterKey
     from qfserve.process import run
     from qfserve.server import create_app
 
@@ -40,7 +41,7 @@ def serve(
     )
     try:
         service = create_app(settings)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InvalidMasterKey) as exc:
         raise fail(str(exc), 2) from exc
     run(service, settings)
 
