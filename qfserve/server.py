@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from qfserve.access.app_keys import AppKeys
@@ -152,7 +152,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         *oauth_routes.build_routes(store.apps, store.tokens),
         *openai_routes.build_routes(settings, serving, gate),
         *console_routes.build_routes(settings, gate),
-        *health.build_routes(registry),
+        *health.build_routes(registry, lambda: service.draining),
         *metrics_route.build_routes(metrics),
     ]
 
@@ -163,6 +163,11 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         error = MethodNotAllowed() if wrong_method else UnknownRoute()
         return render.error_response(error, render.new_request_id())
 
+    async def abandoned(_request: Request, _exc: Exception) -> Response:
+        # The client went away, or was cut off for being too slow, before its request arrived
+        # whole: no one is left to answer, and nothing went wrong here.
+        return Response(status_code=400)
+
     async def unexpected(_request: Request, exc: Exception) -> Response:
         request_id = render.new_request_id()
         log.error("request %s failed: %r", request_id, exc, exc_info=exc)
@@ -171,7 +176,11 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, Exception: unexpected},
+        exception_handlers={
+            HTTPException: http_error,
+            ClientDisconnect: abandoned,
+            Exception: unexpected,
+        },
     )
     service = Service(app, registry, settings.shutdown_grace_seconds)
     return service

@@ -30,7 +30,7 @@ def serve(
 ) -> None:
     """Serve the Qianfan API until SIGINT or SIGTERM."""
     from qfserve.access.iam_keys import InvalidMasterKey
-    from qfserve.process import run
+    from qfserve.process import log_backends, run
     from qfserve.server import create_app
 
     settings = settings_from(config, host=host, port=port)
@@ -39,6 +39,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    log_backends(settings)
     try:
         service = create_app(settings)
     except (FileNotFoundError, InvalidMasterKey) as exc:
