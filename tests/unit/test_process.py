@@ -18,7 +18,13 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from qfserve.config import EndpointSettings, HttpSettings, Settings
-from qfserve.process import connection_limit, http_protocol, masked_url, raise_open_files_limit
+from qfserve.process import (
+    connection_limit,
+    http_protocol,
+    log_backends,
+    masked_url,
+    raise_open_files_limit,
+)
 from tests.servers import free_port
 
 
@@ -174,3 +180,19 @@ def test_a_request_sent_slowly_but_in_time_is_answered() -> None:
         # The answered connection is not cut off by the request's deadline afterwards: only
         # uvicorn's keep-alive timeout (5 s) closes it.
         assert not closed_within(sock, 1.5)
+
+
+def test_start_up_says_where_the_store_and_the_counters_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "qfserve.process")
+    log_backends(
+        Settings(
+            database_url="postgresql+psycopg://qfserve:pg-secret@db.internal/qfserve",
+            redis_url="redis://:redis-secret@redis.internal:6379/0",
+        )
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        "store: postgresql+psycopg://qfserve:***@db.internal/qfserve",
+        "quota counters: Redis at redis://:***@redis.internal:6379/0",
+    ]
