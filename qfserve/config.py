@@ -143,6 +143,17 @@ class SafetySettings(BaseModel):
         return value
 
 
+class HttpSettings(BaseModel):
+    """Client connections."""
+
+    # Seconds a client has to send a whole request, headers and body, from connecting (or from
+    # the request's first byte on a kept-alive connection); slower connections are closed.
+    request_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Connections at once; past it, requests are answered 503. Lowered at start to what the
+    # open-files limit allows (its soft limit is raised to the hard one first).
+    max_connections: int = Field(default=2048, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="QFSERVE_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -168,6 +179,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     # QFSERVE_SAFETY_LISTS, as the issue names it: list files added to the safety defaults.
     safety_lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 

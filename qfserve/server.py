@@ -50,9 +50,9 @@ class Store:
 
 def open_store(settings: Settings) -> Store:
     """The store, its schema brought up to date first."""
+    master_key = load_master_key(settings.master_key, settings.master_key_file)
     database = Database(settings.resolved_database_url)
     database.upgrade()
-    master_key = load_master_key(settings.master_key, settings.master_key_file)
     return Store(
         database,
         AppRegistry(database),
@@ -153,7 +153,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         *openai_routes.build_routes(settings, pipeline, gate),
         *v2_routes.build_routes(settings, pipeline, serving, gate),
         *console_routes.build_routes(settings, gate),
-        *health.build_routes(registry),
+        *health.build_routes(registry, lambda: service.draining),
         *metrics_route.build_routes(metrics),
     ]
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,17 +29,38 @@ from qfserve.store.schema import AppRow, IamKeyRow
 log = logging.getLogger(__name__)
 
 
+_MASTER_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_HOW_TO_MAKE_ONE = (
+    "a master key is 64 hex digits (256 random bits); make one with "
+    "`python -c 'import secrets; print(secrets.token_hex(32))'` or `openssl rand -hex 32`"
+)
+
+
+class InvalidMasterKey(ValueError):
+    """The configured master key is not one a random generator made (a placeholder, say)."""
+
+
 def load_master_key(explicit: str, key_file: Path) -> bytes:
-    """The master key: the setting if given, else the file, created (mode 600) on first use."""
+    """The master key: the setting if given, else the file, created (mode 600) on first use.
+
+    Either must hold 64 hex digits, as the file this function creates always has: anything else
+    (a placeholder copied from an example, a passphrase) would be a guessable key."""
     if explicit:
-        return explicit.encode()
+        return _checked(explicit.strip(), "the `master_key` setting")
     if not key_file.exists():
         key_file.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_hex(32))
         log.info("created a new master key in %s", key_file)
-    return key_file.read_text().strip().encode()
+    return _checked(key_file.read_text().strip(), f"the master key file {key_file}")
+
+
+def _checked(key: str, source: str) -> bytes:
+    if not _MASTER_KEY.fullmatch(key):
+        raise InvalidMasterKey(f"{source} is not a usable master key: {_HOW_TO_MAKE_ONE}")
+    # The hex text itself is the HMAC key, as it always has been: keys derived before stay valid.
+    return key.encode()
 
 
 @dataclass(frozen=True, slots=True)

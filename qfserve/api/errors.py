@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from qfserve.api import calls
@@ -40,6 +40,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(request.url.path, error)
 
 
+async def abandoned(_request: Request, _exc: Exception) -> Response:
+    """The client went away, or was cut off for being too slow, before its request arrived
+    whole: no one is left to answer, and nothing went wrong here."""
+    return Response(status_code=400)
+
+
 async def unexpected(request: Request, exc: Exception) -> Response:
     """A bug: logged with its traceback, answered as an internal error without details."""
     error = InternalError()
@@ -51,5 +57,6 @@ HANDLERS = {
     HTTPException: http_error,
     QfserveError: qfserve_error,
     ClientGone: calls.client_gone,
+    ClientDisconnect: abandoned,
     Exception: unexpected,
 }

@@ -29,7 +29,8 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the Qianfan API until SIGINT or SIGTERM."""
-    from qfserve.process import run
+    from qfserve.access.iam_keys import InvalidMasterKey
+    from qfserve.process import log_backends, run
     from qfserve.server import create_app
 
     settings = settings_from(config, host=host, port=port)
@@ -38,9 +39,10 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    log_backends(settings)
     try:
         service = create_app(settings)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InvalidMasterKey) as exc:
         raise fail(str(exc), 2) from exc
     run(service, settings)
 

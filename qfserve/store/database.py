@@ -11,13 +11,17 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Executable, Row, create_engine, event
+from sqlalchemy import Engine, Executable, Row, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 T = TypeVar("T")
 
+
+# The advisory lock that serialises migrations on PostgreSQL: any fixed 64-bit number, the same
+# in every qfserve version ("qfserve" in ASCII).
+_MIGRATION_LOCK = 0x7166736572766500
 
 # Rows kept by `read_one` at most: bounded, whatever the number of tokens presented.
 _HOT_READS = 4096
@@ -52,10 +56,22 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     def upgrade(self, revision: str = "head") -> None:
-        """Create or migrate the schema in place to the newest revision."""
+        """Create or migrate the schema in place to the newest revision.
+
+        Gateways starting together against one database take turns, so the later ones find the
+        schema at the revision and do nothing: on PostgreSQL each holds an advisory lock for
+        its migration's transaction; on SQLite the migration's transaction begins by taking the
+        file's write lock (pysqlite would otherwise run the DDL outside any transaction)."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Released with the transaction, also if the process dies half-way.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+            elif connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
 

@@ -108,3 +108,39 @@ def test_shutdown_during_a_stream_exits_cleanly(tmp_path: Path, sig: int) -> Non
         server.process = None
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+
+def test_while_draining_health_answers_503_and_new_chats_error_2(tmp_path: Path) -> None:
+    with running_server(tmp_path, QFSERVE_SHUTDOWN_GRACE_SECONDS="6") as server:
+        token = server.token(server.create_app("drain"))
+        assert server.process is not None
+        with requests.post(
+            server.chat_url(token), json={**RAMBLE, "stream": True}, stream=True, timeout=60
+        ) as reply:
+            lines = reply.iter_lines()
+            assert next(lines).startswith(b"data: ")
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            # The load balancer's probe gets its answer at once: the node is going away.
+            health = requests.get(f"{server.url}/health", timeout=2)
+            answered = time.monotonic() - signalled
+            assert health.status_code == 503 and health.json()["status"] == "draining"
+            assert answered < 1.0, answered
+            # A new question is refused the V1 way: error 2, HTTP 200, as the SDK retries it.
+            refused = requests.post(
+                server.chat_url(token),
+                json={"messages": [{"role": "user", "content": "Hi"}], "max_output_tokens": 4},
+                timeout=5,
+            )
+            assert refused.status_code == 200
+            body = refused.json()
+            assert body["error_code"] == 2 and body["error_msg"] and body["id"], body
+            # The running answer still ends properly within the grace period.
+            events = [json.loads(line[6:]) for line in lines if line]
+            last = events[-1]
+            assert last.get("is_end") is True or last.get("error_code") == 2, last
+        assert server.process.wait(timeout=60) == 0
+        assert time.monotonic() - signalled < 6 + 3
+        server.process = None
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", server.port)) != 0
