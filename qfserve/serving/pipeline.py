@@ -80,6 +80,7 @@ class ChatPipeline:
             await call.finish(error.code)
             raise error.at(request_id, call.headers()) from None
         except asyncio.CancelledError:
+            log.info("request %s: client went away before the answer", request_id)
             await call.finish(CLIENT_GONE)
             raise
         except Exception as exc:
