@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import functools
 import hashlib
 import hmac
 import secrets
 import string
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -58,14 +62,42 @@ class SecretCheckThreads:
     bounded by their number, not by how many worker threads the burst went through.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, *, release_memory: Callable[[], object] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secret-check")
+        self._release_memory = release_memory or _malloc_trim()
+        self._lock = threading.Lock()
+        self._pending = 0
 
     async def run(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return await asyncio.wrap_future(self._pool.submit(call, *args, **kwargs))
+        with self._lock:
+            self._pending += 1
+        future = self._pool.submit(functools.partial(call, *args, **kwargs))
+        answer = asyncio.wrap_future(future)
+        # Callbacks run in the order added: the answer goes out before any memory is released.
+        future.add_done_callback(self._finished)
+        return await answer
+
+    def _finished(self, _future: Future[Any]) -> None:
+        with self._lock:
+            self._pending -= 1
+            idle = self._pending == 0
+        if idle:
+            # The queue is empty: the arenas' free pages go back to the system, on a checking
+            # thread (this callback may run on the event loop's).
+            with contextlib.suppress(RuntimeError):  # closed
+                self._pool.submit(self._release_memory)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's `malloc_trim(0)`, or nothing where the C library has none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
 
 
 def token_digest(token: str) -> str:

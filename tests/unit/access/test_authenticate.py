@@ -142,3 +142,34 @@ def test_secret_checks_run_at_most_n_at_once() -> None:
     finally:
         release.set()
         checks.close()
+
+
+def test_memory_is_released_once_the_queue_is_empty() -> None:
+    go = threading.Event()
+    released = threading.Event()
+    releases: list[str] = []
+
+    def release_memory() -> None:
+        releases.append(threading.current_thread().name)
+        released.set()
+
+    def check(n: int) -> int:
+        go.wait(10)
+        return n
+
+    checks = SecretCheckThreads(2, release_memory=release_memory)
+
+    async def burst() -> list[int]:
+        gathered = asyncio.gather(*(checks.run(check, n) for n in range(10)))
+        await asyncio.sleep(0)
+        assert not releases
+        go.set()
+        return list(await gathered)
+
+    try:
+        assert asyncio.run(burst()) == list(range(10))
+        assert released.wait(10)
+        assert len(releases) == 1 and releases[0].startswith("secret-check")
+    finally:
+        go.set()
+        checks.close()
