@@ -154,6 +154,18 @@ class HttpSettings(BaseModel):
     max_connections: int = Field(default=2048, gt=0)
 
 
+class AuthSettings(BaseModel):
+    """The token route's defences against guessed Secret Keys."""
+
+    # Secret Key checks (16 MiB of scrypt each) run on this many dedicated threads; others wait.
+    secret_check_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    # Failed token requests (unknown client id or wrong secret) allowed per window; past either
+    # limit, requests are refused without a check until the window ends. 0: no limit.
+    max_failures_per_client_id: int = Field(default=10, ge=0)
+    max_failures_per_address: int = Field(default=30, ge=0)
+    failure_window_seconds: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="QFSERVE_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -180,6 +192,7 @@ class Settings(BaseSettings):
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     # QFSERVE_SAFETY_LISTS, as the issue names it: list files added to the safety defaults.
     safety_lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 

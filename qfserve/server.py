@@ -13,9 +13,11 @@ from starlette.applications import Starlette
 
 from qfserve.access.app_keys import AppKeys
 from qfserve.access.apps import AppRegistry
+from qfserve.access.attempts import FailedAttempts, Rate
 from qfserve.access.gate import AccessGate
 from qfserve.access.iam_keys import IamKeys, load_master_key
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
+from qfserve.access.secrets import SecretCheckThreads
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
 from qfserve.api import errors as api_errors
@@ -53,9 +55,14 @@ def open_store(settings: Settings) -> Store:
     master_key = load_master_key(settings.master_key, settings.master_key_file)
     database = Database(settings.resolved_database_url)
     database.upgrade()
+    auth = settings.auth
+    attempts = FailedAttempts(
+        per_client_id=Rate(auth.max_failures_per_client_id, auth.failure_window_seconds),
+        per_address=Rate(auth.max_failures_per_address, auth.failure_window_seconds),
+    )
     return Store(
         database,
-        AppRegistry(database),
+        AppRegistry(database, attempts=attempts),
         TokenIssuer(database, settings.token_ttl_seconds),
         IamKeys(database, master_key),
         AppKeys(database),
@@ -119,9 +126,11 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
             # After the engines: every finished call has queued its usage row by now.
             await anyio.to_thread.run_sync(ledger.close)
             await quotas.close()
+            secret_checks.close()
             await anyio.to_thread.run_sync(store.database.close)
 
     metrics = Metrics(registry, quotas.health)
+    secret_checks = SecretCheckThreads(settings.auth.secret_check_threads)
     gate = AccessGate(
         store.tokens,
         store.iam_keys,
@@ -149,7 +158,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     pipeline = ChatPipeline(serving, gate)
     routes = [
         *qianfan_routes.build_routes(settings, pipeline, serving, gate),
-        *oauth_routes.build_routes(store.apps, store.tokens),
+        *oauth_routes.build_routes(store.apps, store.tokens, secret_checks),
         *openai_routes.build_routes(settings, pipeline, gate),
         *v2_routes.build_routes(settings, pipeline, serving, gate),
         *console_routes.build_routes(settings, gate),

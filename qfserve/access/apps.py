@@ -3,7 +3,7 @@ app may do (enabled, endpoints, quota overrides)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
-from qfserve.access.secrets import hash_secret, random_key, verify_secret
+from qfserve.access.attempts import FailedAttempts
+from qfserve.access.secrets import DUMMY_SECRET_HASH, hash_secret, random_key, verify_secret
 from qfserve.errors import OAuthError
 from qfserve.store.database import Database
 from qfserve.store.schema import AppRow, TokenRow
@@ -64,10 +65,23 @@ class AppNotFound(LookupError):
 
 
 class AppRegistry:
-    """Blocking database calls: the server runs them in a worker thread."""
+    """Blocking database calls: the server runs them in a worker thread (`authenticate` in one of
+    the few `SecretCheckThreads`).
 
-    def __init__(self, database: Database) -> None:
+    `attempts` limits failed authentications (None: no limit); `verify` checks a secret against
+    its stored hash.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        attempts: FailedAttempts | None = None,
+        verify: Callable[[str, str], bool] = verify_secret,
+    ) -> None:
         self._db = database
+        self._attempts = attempts
+        self._verify = verify
 
     def create(self, name: str) -> NewApp:
         secret_key = random_key(32)
@@ -139,15 +153,29 @@ class AppRegistry:
             self._live_row(session, app_id).secret_hash = hash_secret(secret_key)
         return secret_key
 
-    def authenticate(self, api_key: str, secret_key: str) -> App:
-        """The app whose keys these are, or the OAuth error the token route answers with."""
+    def check_attempts(self, api_key: str, address: str) -> None:
+        """Raises the OAuth error of a client id or address out of failed attempts (no I/O: the
+        token route asks before it queues a secret check, and `authenticate` again)."""
+        if self._attempts is not None:
+            self._attempts.check(api_key, address)
+
+    def authenticate(self, api_key: str, secret_key: str, address: str = "") -> App:
+        """The app whose keys these are, or the OAuth error the token route answers with.
+
+        An unknown client id costs one secret check as a wrong secret does (against a dummy hash),
+        and both count as a failed attempt of the client id and of the address.
+        """
+        self.check_attempts(api_key, address)
         with self._db.session() as session:
             row = session.scalar(select(AppRow).where(AppRow.api_key == api_key))
-            app = app_from_row(row) if row else None
-            stored = row.secret_hash if row else None
-        if app is None or stored is None or app.deleted:
-            raise OAuthError(401, "invalid_client", "unknown client id")
-        if not verify_secret(secret_key, stored):
+            app = app_from_row(row) if row is not None and row.deleted_at is None else None
+            stored = row.secret_hash if app is not None and row is not None else ""
+        matches = self._verify(secret_key, stored or DUMMY_SECRET_HASH)
+        if app is None or not stored or not matches:
+            if self._attempts is not None:
+                self._attempts.failed(api_key, address)
+            if app is None or not stored:
+                raise OAuthError(401, "invalid_client", "unknown client id")
             raise OAuthError(401, "invalid_client", "Client authentication failed")
         if app.disabled:
             raise OAuthError(401, "invalid_client", "app is disabled")

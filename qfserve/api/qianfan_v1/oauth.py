@@ -11,12 +11,16 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from qfserve.access.apps import AppRegistry
+from qfserve.access.attempts import TooManyFailedAttempts
+from qfserve.access.secrets import SecretCheckThreads
 from qfserve.access.tokens import TokenIssuer
 from qfserve.api.qianfan_v1 import render
 from qfserve.errors import OAuthError
 
 
-def build_routes(apps: AppRegistry, tokens: TokenIssuer) -> list[BaseRoute]:
+def build_routes(
+    apps: AppRegistry, tokens: TokenIssuer, secret_checks: SecretCheckThreads
+) -> list[BaseRoute]:
     async def oauth_token(request: Request) -> Response:
         fields = {k: v for k, v in request.query_params.items()}
         if request.method == "POST":
@@ -27,10 +31,17 @@ def build_routes(apps: AppRegistry, tokens: TokenIssuer) -> list[BaseRoute]:
                 raise OAuthError(
                     400, "unsupported_grant_type", "grant_type must be client_credentials"
                 )
-            app = await anyio.to_thread.run_sync(
-                apps.authenticate, fields.get("client_id", ""), fields.get("client_secret", "")
-            )
+            client_id, secret = fields.get("client_id", ""), fields.get("client_secret", "")
+            # Behind a proxy this is the proxy's address: its clients share one failure limit.
+            address = request.client.host if request.client else ""
+            # Refused at once rather than after a wait in the secret checks' queue.
+            apps.check_attempts(client_id, address)
+            app = await secret_checks.run(apps.authenticate, client_id, secret, address)
             issued = await anyio.to_thread.run_sync(tokens.issue, app.app_id)
+        except TooManyFailedAttempts as error:
+            refused = render.oauth_error_response(error)
+            refused.headers["Retry-After"] = str(error.retry_after)
+            return refused
         except OAuthError as error:
             return render.oauth_error_response(error)
         return render.json_response(
