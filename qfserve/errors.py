@@ -5,7 +5,10 @@
     │   ├── UnknownRoute            3      no such route
     │   ├── MissingToken            100    access_token absent or malformed
     │   ├── InvalidToken            110    unknown or revoked token
+    │   │   └── InvalidIamToken     110    V2 API key or bearer token: malformed, unknown, revoked
+    │   │       └── ExpiredIamToken 111    V2 bearer token past its expiry
     │   ├── ExpiredToken            111    token past its expiry
+    │   ├── InvalidAppId            6      V2 `appid` header names another app than the credential's
     │   ├── InvalidArgument         336001 not a JSON object, or a field of the wrong type
     │   ├── InvalidJSON             336002 not JSON at all
     │   ├── RuleViolation           336003 a rule of the API broken; the message says which
@@ -63,6 +66,20 @@ class InvalidToken(ClientError):
 
 class ExpiredToken(ClientError):
     code, message, http_status = 111, "Access token expired", 401
+
+
+class InvalidIamToken(InvalidToken):
+    message = "Invalid API key or bearer token"
+    v2_code = "invalid_iam_token"
+
+
+class ExpiredIamToken(InvalidIamToken):
+    code, message = 111, "Bearer token expired"
+
+
+class InvalidAppId(ClientError):
+    code, message, http_status = 6, "The appid header does not name this credential's app", 401
+    v2_code = "invalid_appid"
 
 
 class InvalidArgument(ClientError):
