@@ -16,11 +16,13 @@ from starlette.responses import Response
 
 from qfserve.access.app_keys import AppKeys
 from qfserve.access.apps import AppRegistry
+from qfserve.access.bearer_tokens import BearerTokens
 from qfserve.access.gate import AccessGate
 from qfserve.access.iam_keys import IamKeys, load_master_key
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
+from qfserve.access.v2_keys import V2Keys
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
 from qfserve.api.openai import routes as openai_routes
@@ -28,6 +30,7 @@ from qfserve.api.qianfan_v1 import console as console_routes
 from qfserve.api.qianfan_v1 import oauth as oauth_routes
 from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1 import routes as qianfan_routes
+from qfserve.api.qianfan_v2 import bearer as bearer_routes
 from qfserve.serving.chat import ChatServing
 from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
@@ -47,6 +50,8 @@ class Store:
     tokens: TokenIssuer
     iam_keys: IamKeys
     app_keys: AppKeys
+    v2_keys: V2Keys
+    bearer_tokens: BearerTokens
 
 
 def open_store(settings: Settings) -> Store:
@@ -60,6 +65,8 @@ def open_store(settings: Settings) -> Store:
         TokenIssuer(database, settings.token_ttl_seconds),
         IamKeys(database, master_key),
         AppKeys(database),
+        V2Keys(database),
+        BearerTokens(database),
     )
 
 
@@ -131,6 +138,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         metrics,
         quotas,
         default_limits,
+        v2_keys=store.v2_keys,
         inline_lookups=store.database.is_sqlite,
     )
     moderators = (
@@ -150,6 +158,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
     routes = [
         *qianfan_routes.build_routes(serving, gate),
         *oauth_routes.build_routes(store.apps, store.tokens),
+        *bearer_routes.build_routes(gate, store.bearer_tokens),
         *openai_routes.build_routes(settings, serving, gate),
         *console_routes.build_routes(settings, gate),
         *health.build_routes(registry),
