@@ -6,7 +6,10 @@ its V2 code name and its HTTP status (for the dialects that use real statuses).
     │   ├── UnknownRoute          3       not_found                no such route
     │   ├── MissingToken          100     invalid_iam_token        no credentials at all
     │   ├── InvalidToken          110     invalid_iam_token        unknown or revoked token, key
+    │   │   └── InvalidIamToken   110     invalid_iam_token        V2 key or bearer token
+    │   │       └── ExpiredIamToken 111   invalid_iam_token        V2 bearer token expired
     │   ├── ExpiredToken          111     invalid_iam_token        token past its expiry
+    │   ├── InvalidAppId          6       invalid_appid            `appid` names another app
     │   ├── InvalidArgument       336001  invalid_argument         a field's type or value
     │   │   └── BodyTooLarge      336001  invalid_argument         the body is over its bound
     │   ├── InvalidJSON           336002  malformed_json           not JSON at all
@@ -85,6 +88,20 @@ class InvalidToken(ClientError):
 class ExpiredToken(ClientError):
     code, message, http_status = 111, "Access token expired", 401
     v2_code = "invalid_iam_token"
+
+
+class InvalidIamToken(InvalidToken):
+    message = "Invalid API key or bearer token"
+    v2_code = "invalid_iam_token"
+
+
+class ExpiredIamToken(InvalidIamToken):
+    code, message = 111, "Bearer token expired"
+
+
+class InvalidAppId(ClientError):
+    code, message, http_status = 6, "The appid header does not name this credential's app", 401
+    v2_code = "invalid_appid"
 
 
 class InvalidArgument(ClientError):

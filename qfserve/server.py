@@ -14,12 +14,14 @@ from starlette.applications import Starlette
 from qfserve.access.app_keys import AppKeys
 from qfserve.access.apps import AppRegistry
 from qfserve.access.attempts import FailedAttempts, Rate
+from qfserve.access.bearer_tokens import BearerTokens
 from qfserve.access.gate import AccessGate
 from qfserve.access.iam_keys import IamKeys, load_master_key
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.secrets import SecretCheckThreads
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
+from qfserve.access.v2_keys import V2Keys
 from qfserve.api import errors as api_errors
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
@@ -27,6 +29,7 @@ from qfserve.api.openai import routes as openai_routes
 from qfserve.api.qianfan_v1 import console as console_routes
 from qfserve.api.qianfan_v1 import oauth as oauth_routes
 from qfserve.api.qianfan_v1 import routes as qianfan_routes
+from qfserve.api.qianfan_v2 import bearer as bearer_routes
 from qfserve.api.qianfan_v2 import routes as v2_routes
 from qfserve.chat.safety import ModeratorSource
 from qfserve.config import Settings
@@ -48,6 +51,8 @@ class Store:
     tokens: TokenIssuer
     iam_keys: IamKeys
     app_keys: AppKeys
+    v2_keys: V2Keys
+    bearer_tokens: BearerTokens
 
 
 def open_store(settings: Settings) -> Store:
@@ -66,6 +71,8 @@ def open_store(settings: Settings) -> Store:
         TokenIssuer(database, settings.token_ttl_seconds),
         IamKeys(database, master_key),
         AppKeys(database),
+        V2Keys(database),
+        BearerTokens(database),
     )
 
 
@@ -139,6 +146,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         metrics,
         quotas,
         default_limits,
+        v2_keys=store.v2_keys,
         inline_lookups=store.database.is_sqlite,
     )
     moderators = (
@@ -161,6 +169,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         *oauth_routes.build_routes(store.apps, store.tokens, secret_checks),
         *openai_routes.build_routes(settings, pipeline, gate),
         *v2_routes.build_routes(settings, pipeline, serving, gate),
+        *bearer_routes.build_routes(gate, store.bearer_tokens),
         *console_routes.build_routes(settings, gate),
         *health.build_routes(registry, lambda: service.draining),
         *metrics_route.build_routes(metrics),

@@ -23,7 +23,9 @@ from qfserve.access.iam_keys import IamKeys
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits, Ticket
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger, UsageRecord
-from qfserve.errors import EngineUnavailable, NoPermission
+from qfserve.access.v2_keys import SCHEME as V2_SCHEME
+from qfserve.access.v2_keys import V2Keys
+from qfserve.errors import EngineUnavailable, InvalidAppId, NoPermission
 from qfserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -36,15 +38,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """What a request presents: an access token, or a signed request (spec section 5)."""
+    """What a request presents: an access token, or a signed request (spec section 5), or a
+    bearer credential; and, on V2, the app it means to act for."""
 
     access_token: str | None
     authorization: str | None = None
-    bearer: str | None = None  # `Authorization: Bearer`: an access token or an app key
+    # `Authorization: Bearer`: an access token, an app key, a V2 API key or bearer token
+    bearer: str | None = None
     method: str = "POST"
     path: str = ""
     query: tuple[tuple[str, str], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
+    app_id_header: str | None = None  # V2's `appid` header, when sent
 
 
 @dataclass(slots=True)
@@ -84,9 +89,11 @@ class AccessGate:
         quotas: QuotaEnforcer,
         default_limits: QuotaLimits,
         *,
+        v2_keys: V2Keys,
         inline_lookups: bool = False,
     ) -> None:
         self._tokens = tokens
+        self._v2_keys = v2_keys
         self._inline_lookups = inline_lookups
         self._iam_keys = iam_keys
         self._app_keys = app_keys
@@ -113,7 +120,17 @@ class AccessGate:
             raise EngineUnavailable("the store is unavailable, try again shortly") from exc
 
     async def verify(self, credentials: Credentials) -> App:
-        """The calling app, by its access token or else its signature (100, 110, 111, 14, 15)."""
+        """The calling app, by its access token, key or signature (100, 110, 111, 14, 15); the
+        `appid` header, when sent, must name it (6, V2's `invalid_appid`)."""
+        app = await self._resolve(credentials)
+        named = (credentials.app_id_header or "").strip()
+        if named and named != str(app.app_id):
+            raise InvalidAppId()
+        return app
+
+    async def _resolve(self, credentials: Credentials) -> App:
+        if credentials.bearer and credentials.bearer.startswith(V2_SCHEME):
+            return await self._lookup(self._v2_keys.verify, credentials.bearer)
         if credentials.bearer and credentials.bearer.startswith(KEY_PREFIX):
             return await self._lookup(self._app_keys.verify, credentials.bearer)
         if credentials.bearer:

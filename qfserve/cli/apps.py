@@ -238,3 +238,67 @@ def key_revoke(prefix: str, config: ConfigOption = None) -> None:
     if not open_store(settings_from(config)).app_keys.revoke(prefix):
         raise fail(f"no live key {prefix}")
     console.print(f"revoked {prefix}")
+
+
+v2_keys_cli = typer.Typer(
+    no_args_is_help=True, help="V2 API keys (`bce-v3/ALTAK-...`) for the /v2 routes."
+)
+apps_cli.add_typer(v2_keys_cli, name="v2-key")
+
+
+@v2_keys_cli.command("create")
+def v2_key_create(
+    app_id: AppId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create a V2 API key (`Authorization: Bearer bce-v3/ALTAK-...`). Shown this once; stored
+    hashed."""
+    store = _store_of(config, app_id)
+    created = store.v2_keys.create(app_id)
+    if as_json:
+        typer.echo(json.dumps({"app_id": app_id, "api_key": created.api_key}))
+        return
+    # soft_wrap: the key and the command stay on one line each, whatever the terminal's width.
+    console.print(f"API key: {created.api_key}", soft_wrap=True)
+    console.print(
+        f"[yellow]Shown once. Revoke it with `qfserve app v2-key revoke {created.prefix}`.",
+        soft_wrap=True,
+    )
+
+
+@v2_keys_cli.command("revoke")
+def v2_key_revoke(
+    prefix_or_id: Annotated[
+        str, typer.Argument(help="The key as listed (bce-v3/ALTAK-...) or its id (ALTAK-...).")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a V2 API key (or a bearer token): refused from the next request on."""
+    from qfserve.server import open_store
+
+    if not open_store(settings_from(config)).v2_keys.revoke(prefix_or_id):
+        raise fail(f"no live V2 key {prefix_or_id}")
+    console.print(f"revoked {prefix_or_id}")
+
+
+@v2_keys_cli.command("list")
+def v2_key_list(app_id: AppId, as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List the app's V2 API keys by their public part (the secret is never kept)."""
+    keys = _store_of(config, app_id).v2_keys.for_app(app_id)
+    if as_json:
+        described = [
+            {
+                "app_id": k.app_id,
+                "prefix": k.prefix,
+                "created_at": k.created_at.isoformat(),
+                "revoked": k.revoked,
+            }
+            for k in keys
+        ]
+        typer.echo(json.dumps(described))
+        return
+    table = Table("key", "created", "state")
+    for k in keys:
+        table.add_row(k.prefix, k.created_at.isoformat(), "revoked" if k.revoked else "live")
+    console.print(table)

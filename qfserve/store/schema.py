@@ -94,3 +94,21 @@ class AppKeyRow(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class V2KeyRow(Base):
+    """A V2 credential, `bce-v3/<key_id>/<secret>`: a long-lived API key (`expires_at` NULL)
+    or a bearer token minted for an IAM key (`expires_at` set). Both are presented the same way,
+    so one indexed read checks either. Only the SHA-256 of the whole credential is kept (its
+    secret carries 160 random bits); `key_id` is public, for listing and revocation."""
+
+    __tablename__ = "v2_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    app_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("apps.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)

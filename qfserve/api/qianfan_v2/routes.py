@@ -78,7 +78,9 @@ def credentials(request: Request) -> Credentials:
     authorization = request.headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
     bearer = value.strip() if scheme.lower() == "bearer" else None
-    return Credentials(access_token=None, bearer=bearer or None)
+    return Credentials(
+        access_token=None, bearer=bearer or None, app_id_header=request.headers.get("appid")
+    )
 
 
 def conversation(messages: list[V2Message]) -> tuple[str | None, list[Message]]:

@@ -32,7 +32,7 @@ def migrate_from_first_revision(url: str) -> None:
         )
     database.upgrade()
     tables = set(inspect(database.engine).get_table_names())
-    assert {"apps", "access_tokens", "iam_keys", "usage_records"} <= tables
+    assert {"apps", "access_tokens", "iam_keys", "usage_records", "app_keys", "v2_keys"} <= tables
     apps = AppRegistry(database)
     (old,) = apps.all()
     assert (old.name, old.api_key, old.deleted, old.endpoints) == ("old", "OLDKEY", False, None)
