@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
-    # QFSERVE_SAFETY_LISTS, as the issue names it: list files added to the safety defaults.
+    # QFSERVE_SAFETY_LISTS (comma-separated): list files added to the safety defaults.
     safety_lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     @field_validator("safety_lists", mode="before")
