@@ -1,6 +1,6 @@
 """What moderation adds to a request: checking a 2,000-character request (question and history,
 Chinese and English mixed) and guarding a 2,000-character answer streamed in token-sized deltas,
-with the shipped lists and with 10,000 more terms. The issue's target: under 1 ms a request with
+with the shipped lists and with 10,000 more terms. The target: under 1 ms a request with
 the shipped lists.
 
     .venv/bin/python bench/moderation.py [--runs 2000]

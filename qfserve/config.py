@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
-    # QFSERVE_SAFETY_LISTS, as the issue names it: list files added to the safety defaults.
+    # QFSERVE_SAFETY_LISTS (comma-separated): list files added to the safety defaults.
     safety_lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     @field_validator("safety_lists", mode="before")

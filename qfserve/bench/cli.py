@@ -39,61 +39,91 @@ def _scenarios(text: str) -> tuple[str, ...]:
 def bench(
     url: Annotated[
         str | None,
-        typer.Option(help="Base URL of a running qfserve, measured on the Qianfan route."),
+        typer.Option(
+            metavar="URL", help="Base URL of a running qfserve, measured on the Qianfan route."
+        ),
     ] = None,
-    ak: Annotated[str | None, typer.Option("--ak", help="API Key, for --url.")] = None,
-    sk: Annotated[str | None, typer.Option("--sk", help="Secret Key, for --url.")] = None,
-    access_token: Annotated[str | None, typer.Option(help="Access token, for --url.")] = None,
+    ak: Annotated[
+        str | None, typer.Option("--ak", metavar="AK", help="API Key, for --url.")
+    ] = None,
+    sk: Annotated[
+        str | None, typer.Option("--sk", metavar="SK", help="Secret Key, for --url.")
+    ] = None,
+    access_token: Annotated[
+        str | None, typer.Option(metavar="TOKEN", help="Access token, for --url.")
+    ] = None,
     openai_url: Annotated[
-        str | None, typer.Option(help="Base URL of any OpenAI-compatible server, also measured.")
+        str | None,
+        typer.Option(
+            metavar="URL", help="Base URL of any OpenAI-compatible server, also measured."
+        ),
     ] = None,
-    openai_key: Annotated[str | None, typer.Option(help="Bearer key for --openai-url.")] = None,
+    openai_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="Bearer key for --openai-url.")
+    ] = None,
     endpoint: Annotated[
-        str, typer.Option(help="Qianfan {endpoint}; OpenAI `model`.")
+        str, typer.Option(metavar="NAME", help="Qianfan {endpoint}; OpenAI `model`.")
     ] = "llama_2_7b",
-    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,8",
+    concurrency: Annotated[
+        str, typer.Option(metavar="LEVELS", help="Concurrency levels, comma-separated.")
+    ] = "1,8",
     requests: Annotated[
         int | None,
         typer.Option(
-            help="Requests per server and level in all (default: 16, or 4 x level if more)."
+            metavar="N",
+            help="Requests per server and level in all (default: 16, or 4 x level if more).",
         ),
     ] = None,
-    max_tokens: Annotated[int, typer.Option(help="max output tokens of every request.")] = 128,
-    temperature: Annotated[float, typer.Option(help="In (0, 1], as Qianfan requires.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Sampling seed of every request.")] = 42,
-    rounds: Annotated[int, typer.Option(help="Rounds; servers alternate within each.")] = 2,
-    scenarios: Annotated[str, typer.Option(help="Comma-separated subset to run.")] = ",".join(
-        SCENARIOS
-    ),
+    max_tokens: Annotated[
+        int, typer.Option(metavar="N", help="max output tokens of every request.")
+    ] = 128,
+    temperature: Annotated[
+        float, typer.Option(metavar="T", help="In (0, 1], as Qianfan requires.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(metavar="N", help="Sampling seed of every request.")] = 42,
+    rounds: Annotated[
+        int, typer.Option(metavar="N", help="Rounds; servers alternate within each.")
+    ] = 2,
+    scenarios: Annotated[
+        str, typer.Option(metavar="LIST", help="Comma-separated subset to run.")
+    ] = ",".join(SCENARIOS),
     conversations: Annotated[
-        int | None, typer.Option(help="Play only the first N conversations.")
+        int | None, typer.Option(metavar="N", help="Play only the first N conversations.")
     ] = None,
-    clients: Annotated[int, typer.Option(help="Clients of the disconnect scenario.")] = 16,
+    clients: Annotated[
+        int, typer.Option(metavar="N", help="Clients of the disconnect scenario.")
+    ] = 16,
     standard: Annotated[bool, typer.Option(help=_STANDARD)] = False,
     compare: Annotated[
         bool, typer.Option(help="Also start llama_cpp.server on the same model and threads.")
     ] = False,
     model: Annotated[
-        Path | None, typer.Option(help="GGUF for --standard, --compare and the baseline.")
+        Path | None,
+        typer.Option(metavar="GGUF", help="GGUF for --standard, --compare and the baseline."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="Threads of every model (default: qfserve's own).")
+        int | None,
+        typer.Option(metavar="N", help="Threads of every model (default: qfserve's own)."),
     ] = None,
     pid: Annotated[
-        int | None, typer.Option(help="Process of the --url server, for its peak memory.")
+        int | None,
+        typer.Option(metavar="PID", help="Process of the --url server, for its peak memory."),
     ] = None,
     workload: Annotated[
-        Path | None, typer.Option(help="Folder of prompts.json and conversations.json.")
+        Path | None,
+        typer.Option(metavar="DIR", help="Folder of prompts.json and conversations.json."),
     ] = None,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Write the results here.")
+        Path | None, typer.Option("--json", metavar="FILE", help="Write the results here.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option(help="Write a markdown report here, and its JSON beside it.")
+        Path | None,
+        typer.Option(metavar="FILE", help="Write a markdown report here, and its JSON beside it."),
     ] = None,
     llama_server: Annotated[
         Path | None,
         typer.Option(
+            metavar="BINARY",
             envvar="QFSERVE_BENCH_LLAMA_SERVER",
             exists=True,
             dir_okay=False,
@@ -110,8 +140,13 @@ def bench(
         ),
     ] = False,
 ) -> None:
-    """Measure throughput and latency (TTFT, inter-token, end-to-end; p50/p95/p99) of qfserve and
-    OpenAI-compatible servers, with the scenarios of issue 3's targets."""
+    """Measure the throughput and latency of qfserve and OpenAI-compatible servers.
+
+    Output tokens/s, and time to first token, inter-token and end-to-end latency (p50/p95/p99),
+    at each concurrency level; then long conversations resent turn by turn, and clients that all
+    disconnect at once. Each is checked against qfserve's performance targets (listed in the
+    report and in bench/README.md).
+    """
     import asyncio
 
     from rich.console import Console
@@ -225,9 +260,13 @@ def _show(results: dict[str, Any]) -> None:
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "no")
         lines.append(f"| {t['id']} | {t['what']} | {value} | {t['goal']} | {met} |")
-    # Plain markdown: readable at any terminal width, and ready to paste into an issue.
+    # Plain markdown: readable at any terminal width, and ready to paste into a report.
     typer.echo("\n".join([*load_table(rows), "", *lines]))
 
 
 def main() -> None:
-    typer.run(bench)
+    from qfserve.cli.common import TYPER_OPTIONS
+
+    command = typer.Typer(add_completion=False, **TYPER_OPTIONS)
+    command.command()(bench)
+    command()

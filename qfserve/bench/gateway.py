@@ -1,7 +1,7 @@
 """What the gateway adds: time to first token of an upstream, directly and through qfserve.
 
 Three upstreams, each a remote endpoint of one qfserve:
-- llama-cpp-python's OpenAI server on the bundled model: the issue's measurement, a real model
+- llama-cpp-python's OpenAI server on the bundled model: what the target is about, a real model
   behind the gateway. Every request asks it the same question (`QUESTION`), so its prompt cache
   (llama-cpp-python keeps the last prompt's evaluated tokens) leaves only the prompt's last token
   to evaluate: a first token in about 20 ms, with a jitter of a few. A new question each time
@@ -20,7 +20,7 @@ Three upstreams, each a remote endpoint of one qfserve:
 
 Each pair asks the same question on the same OpenAI route (streaming), one request at a time,
 alternating which path goes first, so the two series of a pair see the same machine. The
-issue's target: qfserve adds under 2 ms to the median time to first token.
+target: qfserve adds under 2 ms to the median time to first token.
 """
 
 from __future__ import annotations

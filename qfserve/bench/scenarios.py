@@ -1,4 +1,4 @@
-"""The issue's targets beyond plain load: a growing conversation, and clients that all go away."""
+"""The targets beyond plain load: a growing conversation, and clients that all go away."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from rich.progress import Progress
 from qfserve.bench import peers as peer_mod
 from qfserve.bench.baseline import NAME, run_baseline
 from qfserve.bench.client import Dialect, Sampling, Target
-from qfserve.bench.report import machine, targets
+from qfserve.bench.report import machine, recorded_path, targets
 from qfserve.bench.runner import progress_bar, run_load, warm_up
 from qfserve.bench.scenarios import run_conversations, run_disconnect
 from qfserve.bench.stats import RunResult, merge, summarize
@@ -73,7 +73,7 @@ def _model_path(options: BenchOptions) -> Path:
 def _settings(options: BenchOptions, model: Path | None) -> dict[str, Any]:
     s = options.sampling
     return {
-        "model": str(model) if model else None,
+        "model": recorded_path(model) if model else None,
         "threads": options.threads,
         "n_ctx": options.n_ctx,
         "max_tokens": s.max_tokens,

@@ -1,4 +1,4 @@
-"""The `qfserve` command: serve, manage apps, read usage, benchmark."""
+"""qfserve: serve the Qianfan API, manage apps and their keys, read usage, benchmark."""
 
 from __future__ import annotations
 
@@ -10,25 +10,48 @@ import typer
 
 from qfserve.bench.cli import bench
 from qfserve.cli.apps import apps_cli
-from qfserve.cli.common import ConfigOption, fail, settings_from
+from qfserve.cli.common import TYPER_OPTIONS, ConfigOption, fail, settings_from
 from qfserve.cli.usage import usage
+from qfserve.config import Settings
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-cli.add_typer(apps_cli, name="app")
-cli.command()(usage)
-cli.command()(bench)
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, **TYPER_OPTIONS)
+
+# Shown in `serve --help`: the options default to None so that a settings file or the
+# environment can set them, and the real defaults live in Settings.
+_DEFAULT_HOST = Settings.model_fields["host"].default
+_DEFAULT_PORT = Settings.model_fields["port"].default
 
 
 @cli.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help=f"Address to listen on [default: {_DEFAULT_HOST}, or `host` in the settings].",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT",
+            help=f"Port to listen on [default: {_DEFAULT_PORT}, or `port` in the settings].",
+        ),
+    ] = None,
     config: ConfigOption = None,
     model: Annotated[
-        Path | None, typer.Option(help="A GGUF to serve on the first endpoint instead.")
+        Path | None,
+        typer.Option(
+            metavar="GGUF",
+            help="A GGUF file to serve on the first endpoint instead of its configured model.",
+        ),
     ] = None,
 ) -> None:
-    """Serve the Qianfan API until SIGINT or SIGTERM."""
+    """Serve the Qianfan API until SIGINT or SIGTERM.
+
+    Settings come from --config (or QFSERVE_CONFIG), then QFSERVE_* environment variables,
+    then these flags, each overriding the one before.
+    """
     from qfserve.access.iam_keys import InvalidMasterKey
     from qfserve.process import log_backends, run
     from qfserve.server import create_app
@@ -45,6 +68,12 @@ def serve(
     except (FileNotFoundError, InvalidMasterKey) as exc:
         raise fail(str(exc), 2) from exc
     run(service, settings)
+
+
+# Listed in `qfserve --help` in this order: serving first.
+cli.add_typer(apps_cli, name="app")
+cli.command()(usage)
+cli.command()(bench)
 
 
 def main() -> None:

@@ -8,19 +8,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from qfserve.access.apps import App, AppNotFound, AppRegistry
 
 if TYPE_CHECKING:
     from qfserve.server import Store
 
-from qfserve.cli.common import ConfigOption, JsonOption, console, fail, settings_from
+from qfserve.cli.common import TYPER_OPTIONS, ConfigOption, JsonOption, console, fail, settings_from
 
 apps_cli = typer.Typer(
-    no_args_is_help=True, help="Apps: the API Key / Secret Key pairs clients use."
+    no_args_is_help=True,
+    help="Apps: the API Key / Secret Key pairs clients use, their keys, access and quotas.",
+    **TYPER_OPTIONS,
 )
-AppId = Annotated[int, typer.Argument(help="The app id.")]
+AppId = Annotated[int, typer.Argument(metavar="ID", help="The app id.", show_default=False)]
 
 
 def _registry(config: Path | None) -> AppRegistry:
@@ -55,7 +57,7 @@ def _describe(app: App) -> dict[str, object]:
 
 @apps_cli.command("create")
 def create(
-    name: Annotated[str, typer.Option(help="A name for the app.")],
+    name: Annotated[str, typer.Option(metavar="NAME", help="A name for the app.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -78,7 +80,21 @@ def list_apps(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     if as_json:
         typer.echo(json.dumps([_describe(a) for a in apps]))
         return
-    table = Table("app id", "name", "API Key", "state", "endpoints", "qps/rpm/tpm/daily/total")
+    # The API Key is copied from here, so it is never cut or wrapped: narrow terminals fold the
+    # other columns instead.
+    key_width = max((len(a.api_key) for a in apps), default=len("API Key"))
+    table = Table(
+        Column("id", no_wrap=True),
+        Column("name", overflow="fold"),
+        Column("API Key", no_wrap=True, min_width=key_width),
+        Column("state", no_wrap=True),
+        Column("endpoints", overflow="fold"),
+        Column("qps/rpm/tpm/daily/total", overflow="fold"),
+        box=None,
+        padding=(0, 2, 0, 0),
+        caption="Every field, as JSON: qfserve app list --json",
+        caption_justify="left",
+    )
     for a in apps:
         limits = "/".join(str(a.quota[k] or "-") for k in ("qps", "rpm", "tpm", "daily", "total"))
         table.add_row(
@@ -104,13 +120,13 @@ def _change(
 
 @apps_cli.command("delete")
 def delete(app_id: AppId, config: ConfigOption = None) -> None:
-    """Delete an app: its keys and tokens stop working at once (error 15); usage is kept."""
+    """Delete an app. Its keys and tokens stop working at once (error 15); its usage is kept."""
     _change(config, app_id, lambda apps: apps.delete(app_id), "deleted")
 
 
 @apps_cli.command("disable")
 def disable(app_id: AppId, config: ConfigOption = None) -> None:
-    """Refuse the app's requests (error 15) until it is enabled again."""
+    """Refuse the app's requests (error 15) until it is enabled."""
     _change(config, app_id, lambda apps: apps.set_disabled(app_id, True), "disabled")
 
 
@@ -120,7 +136,9 @@ def enable(app_id: AppId, config: ConfigOption = None) -> None:
     _change(config, app_id, lambda apps: apps.set_disabled(app_id, False), "enabled")
 
 
-Limit = Annotated[int | None, typer.Option(help="0 clears the override (the default applies).")]
+Limit = Annotated[
+    int | None, typer.Option(metavar="N", help="0 clears the override (the default applies).")
+]
 
 
 @apps_cli.command("quota")
@@ -132,11 +150,12 @@ def quota(
     daily: Limit = None,
     total: Limit = None,
     endpoints: Annotated[
-        str | None, typer.Option(help="Comma-separated endpoints the app may use; '' for all.")
+        str | None,
+        typer.Option(metavar="LIST", help="Comma-separated endpoints the app may use; '' for all."),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Set the app's quotas and allowed endpoints; options not given stay as they are."""
+    """Set the app's quotas and allowed endpoints. Options not given stay as they are."""
     given = {
         name: value
         for name, value in {
@@ -160,7 +179,7 @@ def quota(
 
 @apps_cli.command("revoke-tokens")
 def revoke_tokens(app_id: AppId, config: ConfigOption = None) -> None:
-    """Revoke every access token of the app (its clients get 110 and fetch new ones)."""
+    """Revoke every access token of the app. Its clients get error 110 and fetch new ones."""
     try:
         count = _registry(config).revoke_tokens(app_id)
     except AppNotFound as exc:
@@ -198,8 +217,8 @@ def iam_key(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Create an IAM Access Key / Secret Key pair for the app's bce-auth-v1 signed requests (the
-    SDK's QIANFAN_ACCESS_KEY / QIANFAN_SECRET_KEY). The Secret Key is shown this once."""
+    """Create an IAM key pair for bce-auth-v1 signed requests. The Access Key and Secret Key
+    are the SDK's QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY; the Secret Key is shown this once."""
     store = _store_of(config, app_id)
     key = store.iam_keys.create(app_id)
     if as_json:
@@ -210,7 +229,9 @@ def iam_key(
     console.print(f"Secret Key: {key.secret_key}")
 
 
-keys_cli = typer.Typer(no_args_is_help=True, help="Long-lived app keys for the OpenAI routes.")
+keys_cli = typer.Typer(
+    no_args_is_help=True, help="Long-lived app keys for the OpenAI routes.", **TYPER_OPTIONS
+)
 apps_cli.add_typer(keys_cli, name="key")
 
 
@@ -220,7 +241,8 @@ def key_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Create an app key (`Authorization: Bearer sk-qf-...`). Shown this once; stored hashed."""
+    """Create an app key for the OpenAI routes. Sent as "Authorization: Bearer sk-qf-...";
+    shown this once, stored hashed."""
     store = _store_of(config, app_id)
     created = store.app_keys.create(app_id)
     if as_json:
@@ -231,8 +253,13 @@ def key_create(
 
 
 @keys_cli.command("revoke")
-def key_revoke(prefix: str, config: ConfigOption = None) -> None:
-    """Revoke the app key that starts with PREFIX (as `key create` printed it)."""
+def key_revoke(
+    prefix: Annotated[
+        str, typer.Argument(metavar="PREFIX", help="The key's prefix.", show_default=False)
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke an app key. PREFIX is the key's start, as key create printed it."""
     from qfserve.server import open_store
 
     if not open_store(settings_from(config)).app_keys.revoke(prefix):

@@ -14,11 +14,14 @@ from qfserve.cli.common import ConfigOption, JsonOption, console, fail, settings
 
 
 def usage(
-    app: Annotated[int | None, typer.Option("--app", help="Only this app id.")] = None,
+    app: Annotated[int | None, typer.Option("--app", metavar="ID", help="Only this app.")] = None,
     since: Annotated[
-        str | None, typer.Option(help="From this date (YYYY-MM-DD, UTC) or ISO time on.")
+        str | None,
+        typer.Option(metavar="DATE", help="From this date (YYYY-MM-DD, UTC) or ISO time on."),
     ] = None,
-    by: Annotated[str, typer.Option(help="Group by day, endpoint, user or app.")] = "day",
+    by: Annotated[
+        str, typer.Option(metavar="day|endpoint|user|app", help="What to group the rows by.")
+    ] = "day",
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:

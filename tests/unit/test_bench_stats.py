@@ -440,7 +440,7 @@ def test_markdown_report() -> None:
     results["targets"] = targets(results)
     page = markdown(results, "qfserve bench --standard --compare")
     assert page.startswith("# qfserve bench results")
-    for heading in ("## Targets (issue 3)", "## Load", "## Conversations", "## Disconnect"):
+    for heading in ("## Targets", "## Load", "## Conversations", "## Disconnect"):
         assert heading in page
     assert "qfserve: not available" in page
     assert "Test CPU" in page and "`qfserve bench --standard --compare`" in page
