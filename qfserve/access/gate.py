@@ -3,6 +3,9 @@ the request counters. Shared by every API dialect; no HTTP here.
 
 A `Call` is opened when a request arrives and finished exactly once, whatever happens: with the
 error code it ended with (0 for success, 499 when the client left) and the tokens it used.
+Finishing returns once the call's usage row is committed (or the bounded wait for it is over):
+the routes finish a call before the last byte of its answer, so an answer a client has received
+whole is billed even if the process dies the next instant.
 """
 
 from __future__ import annotations
@@ -152,12 +155,12 @@ class AccessGate:
         call.ticket = decision.ticket
 
     async def close_call(self, call: Call, error_code: int, completion_tokens: int) -> None:
+        latency_ms = round((time.monotonic() - call.started) * 1000)
         self._metrics.count(call.endpoint, error_code)
         if call.app is None:
             return  # unauthenticated: nothing to charge or to attribute
-        if call.ticket is not None:
-            await self._quotas.settle(call.ticket, call.prompt_tokens + completion_tokens)
-        self._ledger.record(
+        # Recorded before anything is awaited: a cancelled wait can no longer lose the row.
+        committed = self._ledger.record_awaited(
             UsageRecord(
                 request_id=call.request_id,
                 app_id=call.app.app_id,
@@ -165,8 +168,11 @@ class AccessGate:
                 user_id=call.user_id,
                 prompt_tokens=call.prompt_tokens,
                 completion_tokens=completion_tokens,
-                latency_ms=round((time.monotonic() - call.started) * 1000),
+                latency_ms=latency_ms,
                 error_code=error_code,
                 safety_category=call.safety_category,
             )
         )
+        if call.ticket is not None:
+            await self._quotas.settle(call.ticket, call.prompt_tokens + completion_tokens)
+        await self._ledger.committed(committed)

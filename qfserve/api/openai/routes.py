@@ -202,8 +202,9 @@ async def _chunks(
                 out += render.chunk(response_id, model, {}, reason)
                 if body.stream_options and body.stream_options.include_usage:
                     out += render.usage_chunk(response_id, model, prepared.prompt_tokens, tokens)
-                yield out + render.DONE
                 outcome = 0
+                await call.finish(outcome, tokens)  # billed before the client has the last byte
+                yield out + render.DONE
                 return
             if out:
                 yield out
@@ -211,6 +212,7 @@ async def _chunks(
     except QfserveError as error:
         outcome = error.code
         error_event = {"error": {"message": error.message, "code": str(error.code)}}
+        await call.finish(outcome, tokens)
         yield head + render.sse(error_event) + render.DONE
     finally:
         aclose = getattr(rest, "aclose", None)

@@ -200,6 +200,8 @@ async def _sse(
             elif event.is_end:
                 outcome = 0
             call.safety_category = prepared.flag.category
+            if event.is_end:  # billed before the client has the answer's last byte
+                await call.finish(outcome, generated)
             yield render.sse(_event_body(request_id, kind, prepared, event))
             event = await anext(rest, None)
     finally:
