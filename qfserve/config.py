@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # one. Empty: a key file in `data_dir`, created on first use.
     master_key: str = ""
     log_level: str = "info"
+    # One info line per finished request (logger `qfserve.requests`): ids, codes, token counts
+    # and latency, never a credential or any text.
+    log_requests: bool = True
     endpoints: list[EndpointSettings] = Field(default_factory=lambda: [EndpointSettings()])
     engine: EngineSettings = Field(default_factory=EngineSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)

@@ -132,6 +132,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         quotas,
         default_limits,
         inline_lookups=store.database.is_sqlite,
+        log_requests=settings.log_requests,
     )
     moderators = (
         ModeratorSource(

@@ -1,10 +1,12 @@
 """Finishing a call, in process on a real SQLite file: it returns once the call's usage row is
 committed (so a route that finishes before its last byte bills every answer a client received),
-within a bounded wait when the database is down."""
+within a bounded wait when the database is down, and logs one line per request that carries ids,
+codes, counts and times but never a credential or any text."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from qfserve.access.iam_keys import IamKeys
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
+from qfserve.config import Settings
 from qfserve.metrics import Metrics
 from qfserve.store.database import Database
 from qfserve.store.schema import UsageRow
@@ -103,3 +106,57 @@ def test_finish_answers_within_a_bound_when_the_database_is_down(database: Datab
     ledger.close()
     down.close()
 
+
+def test_one_line_per_request_with_ids_codes_counts_and_no_secrets(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    created = AppRegistry(database).create("logged")
+    token = TokenIssuer(database, 3600).issue(created.app.app_id).access_token
+    ledger = UsageLedger(database)
+    ledger.start()
+    gate = _gate(database, ledger)
+
+    async def request(request_id: str, credentials: Credentials) -> None:
+        call = gate.open_call(request_id, "llama_2_7b")
+        try:
+            await gate.authenticate(call, credentials)
+        except Exception as error:
+            await call.finish(getattr(error, "code", -1))
+            return
+        call.user_id = "user-who-must-not-be-logged"
+        call.prompt_tokens = 12
+        await call.finish(0, 34)
+
+    caplog.set_level(logging.INFO, logger="qfserve.requests")
+    asyncio.run(request("okrequest", Credentials(access_token=token)))
+    asyncio.run(request("badrequest", Credentials(access_token="not-a-token-" + token)))
+    lines = [r.getMessage() for r in caplog.records if r.name == "qfserve.requests"]
+    assert len(lines) == 2
+    ok, bad = lines
+    for field in (
+        "request_id=okrequest",
+        f"app_id={created.app.app_id}",
+        "endpoint=llama_2_7b",
+        "code=0",
+        "prompt_tokens=12",
+        "completion_tokens=34",
+        "latency_ms=",
+    ):
+        assert field in ok
+    assert "request_id=badrequest" in bad and "app_id=-" in bad and "code=0" not in bad
+    everything = caplog.text
+    for secret in (token, created.secret_key, created.app.api_key, "user-who-must-not"):
+        assert secret not in everything
+
+    caplog.clear()
+    quiet = _gate(database, ledger, log_requests=False)
+    call = quiet.open_call("quiet", "llama_2_7b")
+    asyncio.run(call.finish(0))
+    assert not [r for r in caplog.records if r.name == "qfserve.requests"]
+    ledger.close()
+
+
+def test_request_lines_are_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().log_requests is True
+    monkeypatch.setenv("QFSERVE_LOG_REQUESTS", "false")
+    assert Settings().log_requests is False
