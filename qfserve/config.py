@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     # The largest request body a chat route reads; past it, 336001 (HTTP 413 where statuses are
     # real) before the rest is read.
     max_request_bytes: int = Field(default=1_048_576, gt=0)
+    # One info line per finished request (logger `qfserve.requests`): ids, codes, token counts
+    # and latency, never a credential or any text.
+    log_requests: bool = True
     endpoints: list[EndpointSettings] = Field(default_factory=lambda: [EndpointSettings()])
     engine: EngineSettings = Field(default_factory=EngineSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)

@@ -148,6 +148,7 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         default_limits,
         v2_keys=store.v2_keys,
         inline_lookups=store.database.is_sqlite,
+        log_requests=settings.log_requests,
     )
     moderators = (
         ModeratorSource(

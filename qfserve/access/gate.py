@@ -3,11 +3,16 @@ the request counters. Shared by every API dialect; no HTTP here.
 
 A `Call` is opened when a request arrives and finished exactly once, whatever happens: with the
 error code it ended with (0 for success, 499 when the client left) and the tokens it used.
+Finishing returns once the call's usage row is committed (or the bounded wait for it is over):
+the routes finish a call before the last byte of its answer, so an answer a client has received
+whole is billed even if the process dies the next instant. Each finished call is one line of the
+`qfserve.requests` log: ids, codes, counts and times, never a credential or any text.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +34,10 @@ from qfserve.errors import EngineUnavailable, InvalidAppId, NoPermission
 from qfserve.metrics import Metrics
 
 log = logging.getLogger(__name__)
+requests_log = logging.getLogger("qfserve.requests")
+
+# Endpoint names as an operator configures them; anything else a client sent is not logged.
+_LOGGABLE_ENDPOINT = re.compile(r"[\w.:/-]{1,128}", re.ASCII)
 
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection first
 
@@ -91,9 +100,11 @@ class AccessGate:
         *,
         v2_keys: V2Keys,
         inline_lookups: bool = False,
+        log_requests: bool = True,
     ) -> None:
         self._tokens = tokens
         self._v2_keys = v2_keys
+        self._log_requests = log_requests
         self._inline_lookups = inline_lookups
         self._iam_keys = iam_keys
         self._app_keys = app_keys
@@ -175,12 +186,14 @@ class AccessGate:
         call.ticket = decision.ticket
 
     async def close_call(self, call: Call, error_code: int, completion_tokens: int) -> None:
+        latency_ms = round((time.monotonic() - call.started) * 1000)
         self._metrics.count(call.endpoint, error_code)
+        if self._log_requests:
+            _log_request(call, error_code, completion_tokens, latency_ms)
         if call.app is None:
             return  # unauthenticated: nothing to charge or to attribute
-        if call.ticket is not None:
-            await self._quotas.settle(call.ticket, call.prompt_tokens + completion_tokens)
-        self._ledger.record(
+        # Recorded before anything is awaited: a cancelled wait can no longer lose the row.
+        committed = self._ledger.record_awaited(
             UsageRecord(
                 request_id=call.request_id,
                 app_id=call.app.app_id,
@@ -188,8 +201,26 @@ class AccessGate:
                 user_id=call.user_id,
                 prompt_tokens=call.prompt_tokens,
                 completion_tokens=completion_tokens,
-                latency_ms=round((time.monotonic() - call.started) * 1000),
+                latency_ms=latency_ms,
                 error_code=error_code,
                 safety_category=call.safety_category,
             )
         )
+        if call.ticket is not None:
+            await self._quotas.settle(call.ticket, call.prompt_tokens + completion_tokens)
+        await self._ledger.committed(committed)
+
+
+def _log_request(call: Call, error_code: int, completion_tokens: int, latency_ms: int) -> None:
+    endpoint = call.endpoint if _LOGGABLE_ENDPOINT.fullmatch(call.endpoint) else "?"
+    requests_log.info(
+        "request_id=%s app_id=%s endpoint=%s code=%d prompt_tokens=%d completion_tokens=%d "
+        "latency_ms=%d",
+        call.request_id,
+        call.app.app_id if call.app is not None else "-",
+        endpoint,
+        error_code,
+        call.prompt_tokens,
+        completion_tokens,
+        latency_ms,
+    )

@@ -131,6 +131,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the CLI write while the server reads; foreign keys make deletes cascade.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode, NORMAL writes each commit to the log before it returns and syncs the disk at
+    # checkpoints: a killed process loses no committed row (the usage ledger's promise to a
+    # client that received its answer), a power cut may lose the last commits. FULL's fsync per
+    # commit made a lone request wait about 3.5 ms for its ledger row.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
