@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from qfserve.chat.conversation import Message, check_messages, drop_oldest_round, forget_to_fit
+from qfserve.chat.conversation import Message, check_messages, fit_conversation
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
     Hit,
@@ -134,32 +134,32 @@ class ChatServing:
         rules: DialectRules = QIANFAN,
     ) -> PreparedChat:
         endpoint, engine = self.endpoint(endpoint_name)
-        check_messages(messages, max_question_chars=endpoint.max_question_chars)
+        check_messages(
+            messages,
+            max_question_chars=endpoint.max_question_chars,
+            max_messages=endpoint.max_messages,
+        )
         if system and len(system) > endpoint.max_system_chars:
             raise RuleViolation(f"the max length of system is {endpoint.max_system_chars}")
         sampling = resolve_sampling(asked, endpoint, rules)
         template = self._template(endpoint, engine)
-        kept: list[Message] | None = forget_to_fit(
-            messages, max_total_chars=endpoint.max_total_chars
+        fitted = fit_conversation(
+            messages,
+            system,
+            render=template.render,
+            tokenize=engine.tokenize,
+            max_total_chars=endpoint.max_total_chars,
+            context_length=engine.info.context_length,
+            max_tokens=sampling.max_tokens,
         )
-        # The prompt must also leave room for the answer in the model's context: forget further
-        # rounds until it does; a lone question too long for that is the client's error.
-        context = engine.info.context_length
-        while kept is not None:
-            prompt_text = template.render(kept, system)
-            prompt = engine.tokenize(prompt_text)
-            if len(prompt) + sampling.max_tokens <= context:
-                break
-            kept = drop_oldest_round(kept)
-        else:
-            raise RuleViolation(
-                f"the prompt and max_output_tokens ({sampling.max_tokens}) exceed the model's "
-                f"context of {context} tokens"
-            )
         # The rendered prompt for engines that take token ids or text; the kept conversation for
         # remote engines, whose upstreams apply their own model's template.
-        turns = ((("system", system),) if system else ()) + tuple((m.role, m.content) for m in kept)
-        generation = GenerationRequest(request_id, prompt, sampling, turns, prompt_text)
+        turns = ((("system", system),) if system else ()) + tuple(
+            (m.role, m.content) for m in fitted.kept_messages
+        )
+        generation = GenerationRequest(
+            request_id, fitted.prompt_tokens, sampling, turns, fitted.prompt_text
+        )
         guard = StreamGuard(self._moderators.moderator) if self._moderators else None
         return PreparedChat(engine, generation, self._metrics.clock(endpoint.name), guard)
 
