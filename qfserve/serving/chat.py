@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+
+import anyio
+import anyio.to_thread
 
 from qfserve.chat.conversation import Message, check_messages, fit_conversation
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
@@ -106,6 +111,9 @@ class ChatServing:
         self._metrics = metrics
         self._moderators = moderators
         self._templates: dict[str, ChatTemplate] = {}
+        # Threads of their own for preparing long conversations, so that many at once cannot take
+        # the shared pool from the store's and the ledger's blocking calls.
+        self._fitting = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
 
     @property
     def refusal(self) -> str:
@@ -124,7 +132,7 @@ class ChatServing:
             raise EngineUnavailable()
         return settings, engine
 
-    def prepare(
+    async def prepare(
         self,
         request_id: str,
         endpoint_name: str,
@@ -143,7 +151,11 @@ class ChatServing:
             raise RuleViolation(f"the max length of system is {endpoint.max_system_chars}")
         sampling = resolve_sampling(asked, endpoint, rules)
         template = self._template(endpoint, engine)
-        fitted = fit_conversation(
+        # Forgetting renders and tokenizes the conversation: on a worker thread, so that a long
+        # one never holds up the event loop (llama.cpp's tokenizer only reads the vocabulary).
+        # A short one costs less than the hop to a thread and back.
+        fit = functools.partial(
+            fit_conversation,
             messages,
             system,
             render=template.render,
@@ -152,6 +164,10 @@ class ChatServing:
             context_length=engine.info.context_length,
             max_tokens=sampling.max_tokens,
         )
+        if _is_short(messages, system):
+            fitted = fit()
+        else:
+            fitted = await anyio.to_thread.run_sync(fit, limiter=self._fitting)
         # The rendered prompt for engines that take token ids or text; the kept conversation for
         # remote engines, whose upstreams apply their own model's template.
         turns = ((("system", system),) if system else ()) + tuple(
@@ -264,6 +280,18 @@ class ChatServing:
             template = ChatTemplate(engine.info, endpoint.chat_template)
             self._templates[endpoint.name] = template
         return template
+
+
+# At most this many messages and characters (contents and system prompt) are fitted on the
+# event loop itself.
+_SHORT_MESSAGES = 8
+_SHORT_CHARS = 2000
+
+
+def _is_short(messages: list[Message], system: str | None) -> bool:
+    if len(messages) > _SHORT_MESSAGES:
+        return False
+    return len(system or "") + sum(len(m.content) for m in messages) <= _SHORT_CHARS
 
 
 class _SegmentStream:

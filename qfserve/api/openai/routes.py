@@ -53,7 +53,7 @@ def build_routes(settings: Settings, serving: ChatServing, gate: AccessGate) -> 
             serving.endpoint(body.model)
             gate.permit(app, body.model)
             system, messages = _conversation(body)
-            prepared = serving.prepare(
+            prepared = await serving.prepare(
                 request_id, body.model, messages, system, _sampling(body), OPENAI
             )
             call.prompt_tokens = prepared.prompt_tokens

@@ -79,7 +79,9 @@ def build_routes(serving: ChatServing, gate: AccessGate) -> list[BaseRoute]:
             body, messages = await parse()
             call.user_id = body.user_id
             system = body.system if isinstance(body, ChatBody) else None
-            prepared = serving.prepare(request_id, endpoint, messages, system, _sampling(body))
+            prepared = await serving.prepare(
+                request_id, endpoint, messages, system, _sampling(body)
+            )
             call.prompt_tokens = prepared.prompt_tokens
             await gate.admit(call, prepared.prompt_tokens + prepared.generation.sampling.max_tokens)
             verdict = await serving.screen(messages)
