@@ -44,6 +44,11 @@ class EndpointSettings(BaseModel):
     max_question_chars: int = 2000
     max_total_chars: int = 2000
     max_system_chars: int = 2000
+    # Messages per request; more are refused with 336003 before any other check. It bounds the
+    # work of preparing one request, and no real chat keeps a thousand: under the 2,000-character
+    # history limit they would average two characters each, and their template's tokens alone
+    # would fill a 4k context.
+    max_messages: int = Field(default=1000, gt=0)
     # Output length: the default when the request sets no `max_output_tokens`, and the ceiling.
     default_max_output_tokens: int = 1024
     max_output_tokens: int = 2048

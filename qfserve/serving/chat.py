@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from qfserve.chat.conversation import Message, check_messages, drop_oldest_round, forget_to_fit
+import anyio
+import anyio.to_thread
+
+from qfserve.chat.conversation import Message, check_messages, fit_conversation
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
     Hit,
@@ -32,7 +37,7 @@ from qfserve.errors import (
     EngineUnavailable,
     InternalError,
     QfserveError,
-    RuleViolation,
+    TooManyCharacters,
     UnknownEndpoint,
 )
 from qfserve.metrics import Metrics, RequestClock
@@ -101,6 +106,9 @@ class ChatServing:
         self._metrics = metrics
         self._moderators = moderators
         self._templates: dict[str, ChatTemplate] = {}
+        # Threads of their own for preparing long conversations, so that many at once cannot take
+        # the shared pool from the store's and the ledger's blocking calls.
+        self._fitting = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
 
     @property
     def refusal(self) -> str:
@@ -129,32 +137,40 @@ class ChatServing:
         rules: DialectRules = QIANFAN,
     ) -> PreparedChat:
         endpoint, engine = self.endpoint(endpoint_name)
-        check_messages(messages, max_question_chars=endpoint.max_question_chars)
+        check_messages(
+            messages,
+            max_question_chars=endpoint.max_question_chars,
+            max_messages=endpoint.max_messages,
+        )
         if system and len(system) > endpoint.max_system_chars:
-            raise RuleViolation(f"the max length of system is {endpoint.max_system_chars}")
+            raise TooManyCharacters(f"the max length of system is {endpoint.max_system_chars}")
         sampling = resolve_sampling(asked, endpoint, rules)
         template = self._template(endpoint, engine)
-        kept: list[Message] | None = forget_to_fit(
-            messages, max_total_chars=endpoint.max_total_chars
+        # Forgetting renders and tokenizes the conversation: on a worker thread, so that a long
+        # one never holds up the event loop (llama.cpp's tokenizer only reads the vocabulary).
+        # A short one costs less than the hop to a thread and back.
+        fit = functools.partial(
+            fit_conversation,
+            messages,
+            system,
+            render=template.render,
+            tokenize=engine.tokenize,
+            max_total_chars=endpoint.max_total_chars,
+            context_length=engine.info.context_length,
+            max_tokens=sampling.max_tokens,
         )
-        # The prompt must also leave room for the answer in the model's context: forget further
-        # rounds until it does; a lone question too long for that is the client's error.
-        context = engine.info.context_length
-        while kept is not None:
-            prompt_text = template.render(kept, system)
-            prompt = engine.tokenize(prompt_text)
-            if len(prompt) + sampling.max_tokens <= context:
-                break
-            kept = drop_oldest_round(kept)
+        if _is_short(messages, system):
+            fitted = fit()
         else:
-            raise RuleViolation(
-                f"the prompt and max_output_tokens ({sampling.max_tokens}) exceed the model's "
-                f"context of {context} tokens"
-            )
+            fitted = await anyio.to_thread.run_sync(fit, limiter=self._fitting)
         # The rendered prompt for engines that take token ids or text; the kept conversation for
         # remote engines, whose upstreams apply their own model's template.
-        turns = ((("system", system),) if system else ()) + tuple((m.role, m.content) for m in kept)
-        generation = GenerationRequest(request_id, prompt, sampling, turns, prompt_text)
+        turns = ((("system", system),) if system else ()) + tuple(
+            (m.role, m.content) for m in fitted.kept_messages
+        )
+        generation = GenerationRequest(
+            request_id, fitted.prompt_tokens, sampling, turns, fitted.prompt_text
+        )
         guard = StreamGuard(self._moderators.moderator) if self._moderators else None
         return PreparedChat(engine, generation, self._metrics.clock(endpoint.name), guard)
 
@@ -289,6 +305,18 @@ class ChatServing:
             template = ChatTemplate(engine.info, endpoint.chat_template)
             self._templates[endpoint.name] = template
         return template
+
+
+# At most this many messages and characters (contents and system prompt) are fitted on the
+# event loop itself.
+_SHORT_MESSAGES = 8
+_SHORT_CHARS = 2000
+
+
+def _is_short(messages: list[Message], system: str | None) -> bool:
+    if len(messages) > _SHORT_MESSAGES:
+        return False
+    return len(system or "") + sum(len(m.content) for m in messages) <= _SHORT_CHARS
 
 
 class _SegmentStream:
