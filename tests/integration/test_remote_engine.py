@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -273,7 +273,7 @@ def test_aiohttp_exceptions_are_translated() -> None:
     url = URL("http://h:8000/v1/chat/completions")
     asked = aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
     refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
-    expected = [
+    expected: list[tuple[aiohttp.ClientError | HttpProcessingError, Failure]] = [
         (refused, Failure.CONNECT),
         (aiohttp.ClientConnectorDNSError(key, OSError(-2, "unknown host")), Failure.CONNECT),
         (aiohttp.ConnectionTimeoutError("connect"), Failure.CONNECT),
