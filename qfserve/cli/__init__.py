@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from qfserve.bench.cli import bench
 from qfserve.cli.apps import apps_cli
 from qfserve.cli.common import ConfigOption, fail, settings_from
 from qfserve.cli.usage import usage
@@ -16,7 +16,25 @@ from qfserve.cli.usage import usage
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 cli.add_typer(apps_cli, name="app")
 cli.command()(usage)
-cli.command()(bench)
+
+
+# The bench is an extra (`qfserve[bench]`) and no part of serving: `qfserve serve` must not import
+# it, so its options are parsed by its own command, loaded only when `bench` is asked for.
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Measure throughput and latency of qfserve and OpenAI-compatible servers (see --help)."""
+    try:
+        from qfserve.bench.cli import bench as run_bench
+
+        command = typer.Typer(add_completion=False)
+        command.command()(run_bench)
+        typer.main.get_command(command).main(ctx.args, prog_name="qfserve bench")
+    except ModuleNotFoundError as exc:
+        hint = escape("pip install 'qfserve[bench]'")
+        raise fail(f"qfserve bench needs {exc.name}, part of its extra: {hint}", 2) from exc
 
 
 @cli.command()
