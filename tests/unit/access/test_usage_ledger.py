@@ -3,12 +3,12 @@ database in batches, a close writes what is left, and a full ledger drops and co
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from qfserve.access.apps import AppRegistry
 from qfserve.access.usage import UsageLedger, UsageRecord
 from qfserve.store.database import Database
+from tests.waiting import wait_until
 
 
 def _database(tmp_path: Path) -> tuple[Database, int]:
@@ -27,10 +27,12 @@ def test_rows_are_written_off_the_request_path_and_close_writes_the_rest(tmp_pat
     ledger.start()
     for n in range(20):
         ledger.record(_row(app_id, n))
-    deadline = time.monotonic() + 5
-    while (summary := ledger.summarize(by="app")) == [] or summary[0].requests < 20:
-        assert time.monotonic() < deadline, "the writer never wrote the rows"
-        time.sleep(0.02)
+    summary = wait_until(
+        lambda: [s for s in ledger.summarize(by="app") if s.requests >= 20],
+        timeout=5,
+        interval=0.02,
+        what="the writer's rows",
+    )
     assert summary[0].completion_tokens == sum(range(20))
 
     slow = UsageLedger(database, linger_seconds=3600.0)
