@@ -22,3 +22,16 @@ def app(server: Server) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def token(server: Server, app: dict[str, str]) -> str:
     return server.token(app)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="Run the tests in reverse order: a test that needs another to run first fails.",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse"):
+        items.reverse()

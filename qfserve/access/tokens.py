@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,15 +56,19 @@ class IssuedToken:
 
 
 class TokenIssuer:
-    """Blocking database calls: the server runs them in a worker thread."""
+    """Blocking database calls: the server runs them in a worker thread. `clock` gives the Unix
+    time in seconds, for issuing and for expiry alike."""
 
-    def __init__(self, database: Database, ttl_seconds: int) -> None:
+    def __init__(
+        self, database: Database, ttl_seconds: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._db = database
         self._ttl = ttl_seconds
+        self._clock = clock
 
     def issue(self, app_id: int) -> IssuedToken:
-        now = int(time.time())
-        expires_at = now + self._ttl
+        now = self._clock()
+        expires_at = int(now) + self._ttl
         serial = secrets.randbelow(10**6)
         token = f"24.{secrets.token_hex(16)}.{self._ttl}.{expires_at}.{serial}-{app_id}"
         with self._db.session() as session:
@@ -71,7 +76,7 @@ class TokenIssuer:
                 TokenRow(
                     token_hash=token_digest(token),
                     app_id=app_id,
-                    created_at=datetime.now(UTC),
+                    created_at=datetime.fromtimestamp(now, UTC),
                     expires_at=expires_at,
                     revoked=False,
                 )
@@ -95,7 +100,7 @@ class TokenIssuer:
         found = self._db.read_one(_VERIFY, {"digest": token_digest(token)}, _Found.from_row)
         if found is None or found.revoked:
             raise InvalidToken()
-        if found.expires_at <= time.time():
+        if found.expires_at <= self._clock():
             raise ExpiredToken()
         if found.app.deleted or found.app.disabled:
             raise AppUnavailable()

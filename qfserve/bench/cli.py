@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-# Only what the options need at import time: `qfserve serve` imports this module too, and
-# should not pay for httpx, rich's progress or psutil.
+# Only what the options need at import time: `qfserve bench --help` and a bad option should not
+# pay for httpx, rich's progress or psutil.
 from qfserve.bench.workload import SCENARIOS
 
 _STANDARD = "Start qfserve itself on the bundled model (or --model)."

@@ -207,8 +207,7 @@ async def start_llama_cpp_server(
     missing = missing_llama_cpp_server_modules()
     if missing:
         raise RuntimeError(
-            f"{LLAMA_CPP_SERVER} needs {', '.join(missing)}: "
-            "pip install sse-starlette 'starlette-context>=0.3.6,<0.4' PyYAML"
+            f"{LLAMA_CPP_SERVER} needs {', '.join(missing)}: pip install 'qfserve[bench]'"
         )
     port = free_port()
     command = [

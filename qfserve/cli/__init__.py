@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from qfserve.bench.cli import bench
 from qfserve.cli.apps import apps_cli
 from qfserve.cli.common import TYPER_OPTIONS, ConfigOption, fail, settings_from
 from qfserve.cli.usage import usage
@@ -20,6 +20,21 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, **TY
 # environment can set them, and the real defaults live in Settings.
 _DEFAULT_HOST = Settings.model_fields["host"].default
 _DEFAULT_PORT = Settings.model_fields["port"].default
+
+
+# The bench is an extra (`qfserve[bench]`) and no part of serving: `qfserve serve` must not import
+# it, so its options are parsed by its own command, loaded only when `bench` is asked for.
+def bench(ctx: typer.Context) -> None:
+    """Measure throughput and latency of qfserve and OpenAI-compatible servers (see --help)."""
+    try:
+        from qfserve.bench.cli import bench as run_bench
+
+        command = typer.Typer(add_completion=False)
+        command.command()(run_bench)
+        typer.main.get_command(command).main(ctx.args, prog_name="qfserve bench")
+    except ModuleNotFoundError as exc:
+        hint = escape("pip install 'qfserve[bench]'")
+        raise fail(f"qfserve bench needs {exc.name}, part of its extra: {hint}", 2) from exc
 
 
 @cli.command()
@@ -73,7 +88,10 @@ def serve(
 # Listed in `qfserve --help` in this order: serving first.
 cli.add_typer(apps_cli, name="app")
 cli.command()(usage)
-cli.command()(bench)
+cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)(bench)
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ permissions, revocation, secret rotation, and the usage ledger's sums."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -14,6 +13,7 @@ import requests
 
 from tests.pg_server import running_postgres
 from tests.servers import Server, qfserve, running_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.model
 
@@ -102,14 +102,16 @@ def test_usage_ledger_sums_equal_what_clients_were_told(server: Server) -> None:
     token = server.token(app)
     told = [chat(server, token, user_id=f"user-{i % 2}")["usage"] for i in range(4)]
     chat(server, token, temperature=9)  # a refused request is a row too, with no tokens
-    deadline = time.monotonic() + 10
-    while True:  # the ledger is written off the request path, within about a second
-        rows = json.loads(
-            cli(server, "usage", "--app", str(app["app_id"]), "--by", "user", "--json")
+    app_id = str(app["app_id"])
+
+    def ledger_by_user() -> list[dict[str, Any]] | None:
+        # All five requests, once they are in: the ledger is written off the request path.
+        rows: list[dict[str, Any]] = json.loads(
+            cli(server, "usage", "--app", app_id, "--by", "user", "--json")
         )
-        if sum(r["requests"] for r in rows) == 5 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return rows if sum(r["requests"] for r in rows) >= 5 else None
+
+    rows = wait_until(ledger_by_user, interval=0.2, what="five requests in the usage ledger")
     by_user = {r["user"]: r for r in rows}
     assert by_user["user-0"]["requests"] == 2 and by_user["user-1"]["requests"] == 2
     assert sum(r["prompt_tokens"] for r in rows) == sum(u["prompt_tokens"] for u in told)

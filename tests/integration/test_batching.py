@@ -3,7 +3,6 @@ each seen from outside (answers, /metrics)."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import Server, running_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.model
 
@@ -66,10 +66,10 @@ def test_disconnected_streams_free_their_sequences(server: Server, token: str) -
     assert metric(server, "qfserve_running_sequences") >= 1
     for reply in replies:
         reply.close()
-    deadline = time.monotonic() + 10
-    while metric(server, "qfserve_running_sequences") > 0:
-        assert time.monotonic() < deadline, "sequences still running after their clients left"
-        time.sleep(0.05)
+    wait_until(
+        lambda: metric(server, "qfserve_running_sequences") == 0,
+        what="no sequence running after their clients left",
+    )
 
 
 def test_prefix_cache_serves_the_next_turn(server: Server, token: str) -> None:

@@ -49,8 +49,9 @@ def closed_by_server(sockets: list[socket.socket], seconds: float) -> list[socke
     deadline = time.monotonic() + seconds
     while waiting.get_map() and time.monotonic() < deadline:
         for key, _ in waiting.select(timeout=0.2):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            sock = ready
             try:
                 if sock.recv(65536):
                     continue  # a response before the close

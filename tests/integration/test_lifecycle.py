@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from tests.servers import Server, running_server
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -27,15 +28,6 @@ def cancelled_after(server: Server) -> list[int]:
     return [int(n) for n in re.findall(r"cancelled after (\d+) tokens", server.log())]
 
 
-def wait_for(condition: object, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met")
-
-
 def test_stream_disconnect_stops_generation_and_next_request_is_answered(
     server: Server, token: str
 ) -> None:
@@ -46,7 +38,7 @@ def test_stream_disconnect_stops_generation_and_next_request_is_answered(
         first = next(reply.iter_lines())
         assert first.startswith(b"data: ")
     # The connection is closed: the engine must stop within a token, long before 2048.
-    wait_for(lambda: len(cancelled_after(server)) > before)
+    wait_until(lambda: len(cancelled_after(server)) > before, timeout=30, what="a cancellation")
     assert cancelled_after(server)[-1] < 1024
     answer = requests.post(
         server.chat_url(token),
@@ -60,7 +52,7 @@ def test_plain_request_disconnect_stops_generation(server: Server, token: str) -
     before = len(cancelled_after(server))
     with pytest.raises(requests.ReadTimeout):
         requests.post(server.chat_url(token), json=RAMBLE, timeout=(5, 1.5))
-    wait_for(lambda: len(cancelled_after(server)) > before)
+    wait_until(lambda: len(cancelled_after(server)) > before, timeout=30, what="a cancellation")
     assert "client went away before the answer" in server.log()
     answer = requests.post(
         server.chat_url(token),

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import pytest
@@ -16,6 +17,7 @@ from qfserve.engines.base import Delta, GenerationRequest, SamplingParams
 from qfserve.engines.llamacpp import LlamaCppEngine
 from qfserve.engines.registry import bundled_model_path
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.model
 
@@ -52,10 +54,10 @@ def engine() -> Iterator[LlamaCppEngine]:
 
 
 def request(
-    eng: LlamaCppEngine, question: str, max_tokens: int = 48, **sampling: object
+    eng: LlamaCppEngine, question: str, max_tokens: int = 48, **sampling: Any
 ) -> GenerationRequest:
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=1)
-    params = dataclasses.replace(params, **sampling)  # type: ignore[arg-type]
+    params = dataclasses.replace(params, **sampling)
     return GenerationRequest(f"req-{question[:8]}", eng.tokenize(chat(question)), params)
 
 
@@ -73,9 +75,9 @@ async def first_delta(stream: AsyncIterator[Delta]) -> Delta:
 
 async def wait_until_idle(eng: LlamaCppEngine, timeout: float = 5.0) -> float:
     start = time.monotonic()
-    while eng.stats().running or eng.stats().waiting:
-        assert time.monotonic() - start < timeout, eng.stats()
-        await asyncio.sleep(0.01)
+    await async_wait_until(
+        lambda: not (eng.stats().running or eng.stats().waiting), timeout, what="an idle engine"
+    )
     return time.monotonic() - start
 
 
@@ -200,7 +202,7 @@ def test_overload_and_wait_deadline_refuse_with_336100() -> None:
             await anext(running)
             waiting = eng.generate(request(eng, QUESTIONS[1]))
             waiter = asyncio.create_task(first_delta(waiting))
-            await asyncio.sleep(0.05)
+            await async_wait_until(lambda: eng.stats().waiting == 1, what="a waiting request")
             with pytest.raises(OverloadedError) as refused:
                 await anext(eng.generate(request(eng, QUESTIONS[2])))
             assert refused.value.code == 336100
@@ -257,8 +259,7 @@ def test_decode_failures_become_qianfan_errors(monkeypatch: pytest.MonkeyPatch) 
             codes.append(-3)  # a fatal error kills the engine
             with pytest.raises(EngineUnavailable):
                 await collect(eng.generate(request(eng, QUESTIONS[0], 4)))
-            await asyncio.sleep(0.05)
-            assert not eng.ready
+            await async_wait_until(lambda: not eng.ready, what="the engine down")
             with pytest.raises(EngineUnavailable):
                 await first_delta(eng.generate(request(eng, QUESTIONS[0], 4)))
         finally:

@@ -7,6 +7,7 @@ import json
 import openai
 import pytest
 import requests
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.servers import Server, qfserve
 
@@ -77,14 +78,14 @@ def test_access_token_as_bearer(server: Server, token: str) -> None:
 
 
 def test_errors_have_real_statuses(server: Server, client: openai.OpenAI) -> None:
-    hi = [{"role": "user", "content": "Hi"}]
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
     wrong_key = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-qf-nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        wrong_key.chat.completions.create(model="llama_2_7b", messages=hi)  # type: ignore[arg-type]
+        wrong_key.chat.completions.create(model="llama_2_7b", messages=hi)
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="no_such_model", messages=hi)  # type: ignore[arg-type]
+        client.chat.completions.create(model="no_such_model", messages=hi)
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="llama_2_7b", messages=hi, temperature=3)  # type: ignore[arg-type]
+        client.chat.completions.create(model="llama_2_7b", messages=hi, temperature=3)
     assert "temperature" in str(bad.value)
 
 
@@ -118,10 +119,10 @@ def test_quota_is_429(server: Server) -> None:
         qfserve("app", "key", "create", str(app["app_id"]), "--json", env=server.env).stdout
     )["key"]
     limited = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
-    hi = [{"role": "user", "content": "Hi"}]
-    limited.chat.completions.create(model="llama_2_7b", messages=hi, max_tokens=2)  # type: ignore[arg-type]
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
+    limited.chat.completions.create(model="llama_2_7b", messages=hi, max_tokens=2)
     with pytest.raises(openai.RateLimitError):
-        limited.chat.completions.create(model="llama_2_7b", messages=hi, max_tokens=2)  # type: ignore[arg-type]
+        limited.chat.completions.create(model="llama_2_7b", messages=hi, max_tokens=2)
 
 
 def test_flagged_question_is_content_filter(client: openai.OpenAI) -> None:

@@ -121,6 +121,7 @@ def test_access_token_mode(server: Server, token: str, monkeypatch: pytest.Monke
         reply = qianfan.ChatCompletion(model="Llama-2-7b-chat").do(
             messages=[{"role": "user", "content": "Hi"}], max_output_tokens=8
         )
+        assert isinstance(reply, qianfan.QfResponse)
         assert reply["result"].strip()
     finally:
         monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)
@@ -174,7 +175,8 @@ def test_iam_signature_mode(
         names = [s["name"] for s in services["result"]["common"]]
         assert "Llama-2-7b-chat" in names
         chat = qianfan.ChatCompletion(model="Llama-2-7b-chat")
-        assert chat.do(messages=[{"role": "user", "content": "Hi"}], max_output_tokens=8)["result"]
+        reply = chat.do(messages=[{"role": "user", "content": "Hi"}], max_output_tokens=8)
+        assert isinstance(reply, qianfan.QfResponse) and reply["result"]
         parts = list(
             chat.do(messages=[{"role": "user", "content": "Hi"}], stream=True, max_output_tokens=8)
         )

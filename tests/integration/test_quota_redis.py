@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -59,8 +60,8 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @asynccontextmanager
-async def enforcer(url: str, clock: Clock, **kwargs: object) -> AsyncIterator[QuotaEnforcer]:
-    quota = QuotaEnforcer.from_url(url, clock=clock, **kwargs)  # type: ignore[arg-type]
+async def enforcer(url: str, clock: Clock, **kwargs: Any) -> AsyncIterator[QuotaEnforcer]:
+    quota = QuotaEnforcer.from_url(url, clock=clock, **kwargs)
     try:
         yield quota
     finally:

@@ -17,6 +17,7 @@ import requests
 from tests.pg_server import running_postgres
 from tests.redis_server import RedisServer, running_redis
 from tests.servers import Server, qfserve, running_server
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.model, pytest.mark.redis]
 
@@ -159,10 +160,12 @@ def test_redis_down_is_refused_with_2_then_recovers(
     assert "qfserve_quota_store_up 0.0" in metrics
     assert "quota store" in one.log().lower() or "redis" in one.log().lower()
     redis.start()
-    deadline = time.monotonic() + 15
-    while code(chat(one, token)) != 0:
-        assert time.monotonic() < deadline, "did not recover after Redis came back"
-        time.sleep(0.5)
+    wait_until(
+        lambda: code(chat(one, token)) == 0,
+        timeout=15,
+        interval=0.5,
+        what="recovery after Redis came back",
+    )
 
 
 def test_usage_shows_quota_refusals(stack: tuple[Server, RedisServer | None]) -> None:
@@ -170,8 +173,13 @@ def test_usage_shows_quota_refusals(stack: tuple[Server, RedisServer | None]) ->
     app, token = limited_app(server, total=1)
     chat(server, token)
     chat(server, token)
-    time.sleep(1.5)  # the ledger writes off the request path
-    rows = json.loads(
-        qfserve("usage", "--app", str(app["app_id"]), "--json", env=server.env).stdout
-    )
-    assert sum(r["requests"] for r in rows) == 2
+
+    def requests_in_ledger() -> int:
+        rows = json.loads(
+            qfserve("usage", "--app", str(app["app_id"]), "--json", env=server.env).stdout
+        )
+        return sum(int(r["requests"]) for r in rows)
+
+    # The ledger writes off the request path.
+    wait_until(lambda: requests_in_ledger() >= 2, interval=0.2, what="both requests in the ledger")
+    assert requests_in_ledger() == 2

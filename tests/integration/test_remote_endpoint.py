@@ -73,6 +73,7 @@ def test_qianfan_sdk_through_the_remote_endpoint(
     try:
         chat = qianfan.ChatCompletion(endpoint="remote_llama")
         reply = chat.do(messages=[{"role": "user", "content": "Say hi."}], max_output_tokens=12)
+        assert isinstance(reply, qianfan.QfResponse)
         assert reply["result"].strip()
         assert reply["usage"]["completion_tokens"] > 0
         parts = list(

@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -33,6 +33,7 @@ from qfserve.engines.remote.wire import Failure, request_body, translate
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
 from tests.llama_servers import LlamaServer, running_llama_servers
 from tests.servers import free_port
+from tests.waiting import async_wait_until, wait_until
 
 T = TypeVar("T")
 
@@ -89,8 +90,8 @@ async def first_text(generator: AsyncIterator[Delta]) -> str:
 class FakeUpstream:
     """Replicas by name, each a real HTTP server on loopback doing as `behaviors` says (default
     "ok"): ok, 503, 429, 400, hang (no headers), stall (headers, then nothing), die
-    (connection cut after the first chunk), gated (waits on `gate` after chunk number
-    `gate_after`), error_event (a vLLM-style error),
+    (connection cut after the first chunk, once `gate` is set), gated (waits on `gate` after
+    chunk number `gate_after`), error_event (a vLLM-style error),
     stale (its next GET is met by a closed connection, as a keep-alive connection the upstream
     closed just as it was reused is, then "ok"), stale_post (the same for its next POST).
     `kill` stops a replica for good: its port then refuses connections."""
@@ -108,6 +109,7 @@ class FakeUpstream:
     cookies: list[str | None] = field(default_factory=list)  # each POST's Cookie header
     closed: dict[str, int] = field(default_factory=dict)  # streams the client walked away from
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    at_gate: int = 0  # gated streams that reached the gate
     _runners: dict[str, web.AppRunner] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,24 +192,17 @@ class FakeUpstream:
             part = {"delta": {"content": text}} if chat else {"text": text}
             yield event({"choices": [{"index": 0, **part, "finish_reason": None}]})
             if n == 0 and behavior == "die":
-                await asyncio.sleep(0.05)  # the first chunk reaches the client before the cut
+                await self.gate.wait()  # the first chunk has reached the client
                 yield _CUT
                 return
             if n == self.gate_after and behavior == "gated":
+                self.at_gate += 1
                 await self.gate.wait()
         done: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         yield event({"choices": [{"index": 0, **done, "finish_reason": self.finish}]})
         if self.usage is not None:
             yield event({"choices": [], "usage": self.usage})
         yield b"data: [DONE]\n\n"
-
-
-async def until(condition: Any, seconds: float = 5.0) -> None:
-    """The server side sees a disconnect a moment after the client made it."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "not in time"
-        await asyncio.sleep(0.005)
 
 
 async def started(fake: FakeUpstream, *names: str, **settings: Any) -> RemoteEngine:
@@ -273,7 +268,7 @@ def test_aiohttp_exceptions_are_translated() -> None:
     url = URL("http://h:8000/v1/chat/completions")
     asked = aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
     refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
-    expected = [
+    expected: list[tuple[aiohttp.ClientError | HttpProcessingError, Failure]] = [
         (refused, Failure.CONNECT),
         (aiohttp.ClientConnectorDNSError(key, OSError(-2, "unknown host")), Failure.CONNECT),
         (aiohttp.ConnectionTimeoutError("connect"), Failure.CONNECT),
@@ -473,6 +468,8 @@ def test_failure_after_the_first_token_ends_with_an_error() -> None:
             with pytest.raises(EngineUnavailable):
                 async for delta in engine.generate(chat()):
                     got.append(delta)
+                    if delta.text:
+                        fake.gate.set()
         finally:
             await engine.close()
         assert text_of(got) == "Hel"
@@ -517,7 +514,8 @@ def test_stop_strings_and_finish_reasons() -> None:
             deltas = await collect(engine, chat(stop=("STOP",)))
             assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello ", "stop")
             assert sum(d.token_count for d in deltas) == 3
-            await until(lambda: fake.closed == {"a": 1})  # the upstream was not read to the end
+            # The upstream was not read to the end.
+            await async_wait_until(lambda: fake.closed == {"a": 1}, what="the stream closed")
             fake.behaviors["a"] = "ok"
             deltas = await collect(engine, chat())
             assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello STOP more", "length")
@@ -551,20 +549,18 @@ def test_closing_or_cancelling_the_generator_closes_the_upstream_stream() -> Non
             assert engine.replica_stats()[0].outstanding == 1
             await generator.aclose()  # type: ignore[attr-defined]
             assert engine.replica_stats()[0].outstanding == 0 and engine.stats().running == 0
-            await until(lambda: fake.closed == {"a": 1})
+            await async_wait_until(lambda: fake.closed == {"a": 1}, what="the stream closed")
 
             async def consume() -> None:
                 async for _ in engine.generate(chat()):
                     pass
 
             task = asyncio.create_task(consume())
-            while engine.replica_stats()[0].outstanding == 0:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # now waiting on the gated stream
+            await async_wait_until(lambda: fake.at_gate == 2, what="the stream at the gate")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             assert engine.stats().running == 0
-            await until(lambda: fake.closed == {"a": 2})
+            await async_wait_until(lambda: fake.closed == {"a": 2}, what="the stream closed")
         finally:
             await engine.close()
 
@@ -587,7 +583,7 @@ def test_drain_refuses_new_requests_and_ends_running_ones() -> None:
             assert not engine.ready
             with pytest.raises(EngineUnavailable):
                 await collect(engine, chat())
-            await until(lambda: fake.closed == {"a": 1})
+            await async_wait_until(lambda: fake.closed == {"a": 1}, what="the stream closed")
         finally:
             await engine.close()
 
@@ -605,11 +601,10 @@ def test_health_checks() -> None:
             assert "a/v1/models" in fake.gets
             await fake.kill("a")
             fake.health["c/health"] = 200
-            for _ in range(100):
-                if [r.healthy for r in engine.replica_stats()] == [False, False, True]:
-                    break
-                await asyncio.sleep(0.02)
-            assert [r.healthy for r in engine.replica_stats()] == [False, False, True]
+            await async_wait_until(
+                lambda: [r.healthy for r in engine.replica_stats()] == [False, False, True],
+                what="a and c healthy as checked",
+            )
         finally:
             await engine.close()
 
@@ -635,12 +630,12 @@ def test_a_probe_on_a_closed_keepalive_connection_is_sent_again() -> None:
             assert engine.ready
             fake.behaviors["a"] = "stale"
             seen: set[bool] = set()
-            for _ in range(1000):
+
+            def probed_again() -> bool:
                 seen.add(engine.ready)
-                if fake.behaviors["a"] == "ok" and len(fake.gets) >= 4:
-                    break
-                await asyncio.sleep(0.002)
-            assert fake.behaviors["a"] == "ok"
+                return fake.behaviors["a"] == "ok" and len(fake.gets) >= 4
+
+            await async_wait_until(probed_again, interval=0.002, what="probes after the stale one")
             assert seen == {True}, "one stale connection took the replica down"
         finally:
             await engine.close()
@@ -740,8 +735,11 @@ def test_traffic_spreads_over_both_replicas(replicas: list[LlamaServer]) -> None
             await engine.close()
 
     run(scenario())
-    time.sleep(0.2)  # the access log line is written as the response ends
-    assert [server.served() - n for server, n in zip(replicas, before, strict=True)] == [4, 4]
+    # Each replica writes its access log line as the response ends.
+    wait_until(
+        lambda: [server.served() - n for server, n in zip(replicas, before, strict=True)] == [4, 4],
+        what="four requests in each replica's log",
+    )
 
 
 @pytest.mark.model
@@ -757,10 +755,11 @@ def test_closing_the_generator_disconnects_the_upstream(replicas: list[LlamaServ
             await first_text(generator)
             await generator.aclose()  # type: ignore[attr-defined]
             assert engine.replica_stats()[0].outstanding == 0  # at once
-            deadline = time.monotonic() + 5
-            while "Disconnected from client" not in server.log()[seen:]:
-                assert time.monotonic() < deadline, "the upstream never saw the disconnect"
-                await asyncio.sleep(0.05)
+            await async_wait_until(
+                lambda: "Disconnected from client" in server.log()[seen:],
+                interval=0.05,
+                what="the upstream seeing the disconnect",
+            )
             # One request at a time on llama-cpp-python's server: the next one is served at
             # once only because the abandoned 400-token answer stopped.
             began = time.monotonic()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from tests.servers import Server, running_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.model
 
@@ -120,22 +121,29 @@ def test_lists_reload_without_restart(server: Server, token: str, extra_list: Pa
     question = rounds("Tell me about zebrafish.")
     assert ask(server, token, question, max_output_tokens=2)["need_clear_history"] is False
     extra_list.write_text("paris\nzebrafish\n")
-    deadline = time.monotonic() + 10
-    while not ask(server, token, question, max_output_tokens=2)["need_clear_history"]:
-        assert time.monotonic() < deadline, "the edited list was not picked up"
-        time.sleep(0.3)
+    wait_until(
+        lambda: ask(server, token, question, max_output_tokens=2)["need_clear_history"],
+        interval=0.3,
+        what="the edited list picked up",
+    )
 
 
 def test_hits_are_counted_and_recorded_without_text(server: Server, token: str) -> None:
     ask(server, token, rounds("哪里有网络赌博平台？"))
+    ask(server, token, rounds("Hello", "哪里可以买到冰毒", "What is 2+2?"))
+    ask(server, token, FRANCE)
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
     assert 'qfserve_safety_hits_total{category="gambling",where="question"}' in metrics
     assert 'qfserve_safety_hits_total{category="places",where="answer"}' in metrics
-    time.sleep(1.5)  # the ledger is written off the request path
-    with sqlite3.connect(server.data_dir / "qfserve.db") as db:
-        categories = {row[0] for row in db.execute("SELECT safety_category FROM usage_records")}
-        raw = (server.data_dir / "qfserve.db").read_bytes()
-    assert {"gambling", "drugs", "places"} <= categories
+
+    def categories() -> set[str] | None:
+        # All three, once they are in: the ledger is written off the request path.
+        with closing(sqlite3.connect(server.data_dir / "qfserve.db")) as db:
+            found = {row[0] for row in db.execute("SELECT safety_category FROM usage_records")}
+        return found if {"gambling", "drugs", "places"} <= found else None
+
+    wait_until(categories, what="the three categories in the usage ledger")
+    raw = (server.data_dir / "qfserve.db").read_bytes()
     assert "赌博".encode() not in raw and "冰毒".encode() not in raw
     assert "赌博" not in server.log()
 

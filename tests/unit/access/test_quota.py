@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -40,8 +41,8 @@ class Clock:
         return self.now
 
 
-def enforcer(clock: Clock, **kwargs: object) -> QuotaEnforcer:
-    return QuotaEnforcer(clock=clock, **kwargs)  # type: ignore[arg-type]
+def enforcer(clock: Clock, **kwargs: Any) -> QuotaEnforcer:
+    return QuotaEnforcer(clock=clock, **kwargs)
 
 
 def admit(quota: QuotaEnforcer, limits: QuotaLimits, tokens: int = 0, app: int = 1) -> Ticket:

@@ -52,27 +52,19 @@ def test_accepts_the_sdk_signature() -> None:
 def test_refuses_any_change(tamper: str) -> None:
     authorization, headers = signed("AK1", "SECRET", {"a": "1"})
     request = parse_authorization(authorization)
-    args = {
-        "secret": "SECRET",
-        "method": "POST",
-        "path": PATH,
-        "query": [("a", "1")],
-        "headers": headers,
-    }
+    secret, method, path, query = "SECRET", "POST", PATH, [("a", "1")]
     if tamper == "secret":
-        args["secret"] = "OTHER"
+        secret = "OTHER"
     elif tamper == "path":
-        args["path"] = PATH + "x"
+        path = PATH + "x"
     elif tamper == "query":
-        args["query"] = [("a", "2")]
+        query = [("a", "2")]
     elif tamper == "header":
-        args["headers"] = {**headers, "Host": "evil:1"}
+        headers = {**headers, "Host": "evil:1"}
     else:
-        args["method"] = "GET"
+        method = "GET"
     with pytest.raises(SignatureInvalid):
-        verify(
-            args["secret"], request, args["method"], args["path"], args["query"], args["headers"]
-        )  # type: ignore[arg-type]
+        verify(secret, request, method, path, query, headers)
 
 
 def test_expired_and_malformed() -> None:

@@ -11,11 +11,26 @@ from qfserve.errors import AppUnavailable, ExpiredToken, InvalidToken, MissingTo
 from qfserve.store.database import Database
 
 
+class Clock:
+    """A clock the test moves by hand: expiry without sleeping."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[AppRegistry, TokenIssuer]:
+def clock() -> Clock:
+    return Clock(1_700_000_000.25)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> tuple[AppRegistry, TokenIssuer]:
     database = Database(f"sqlite:///{tmp_path / 'store.db'}")
     database.upgrade()
-    return AppRegistry(database), TokenIssuer(database, 3600)
+    return AppRegistry(database), TokenIssuer(database, 3600, clock=clock)
 
 
 def test_many_tokens_per_app_are_valid(store: tuple[AppRegistry, TokenIssuer]) -> None:
@@ -33,7 +48,7 @@ def test_token_shape(store: tuple[AppRegistry, TokenIssuer]) -> None:
     app_id = apps.create("a").app.app_id
     prefix, random_part, ttl, expiry, tail = tokens.issue(app_id).access_token.split(".")
     assert prefix == "24" and len(random_part) == 32 and ttl == "3600"
-    assert abs(int(expiry) - time.time() - 3600) < 60
+    assert int(expiry) == 1_700_000_000 + 3600
     assert tail.endswith(f"-{app_id}")
 
 
@@ -57,14 +72,24 @@ def test_verification_errors(store: tuple[AppRegistry, TokenIssuer]) -> None:
         apps.authenticate(created.app.api_key, created.secret_key)
 
 
-def test_expired(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'store.db'}")
-    database.upgrade()
-    apps, tokens = AppRegistry(database), TokenIssuer(database, 1)
+def test_expired(store: tuple[AppRegistry, TokenIssuer], clock: Clock) -> None:
+    apps, tokens = store
     issued = tokens.issue(apps.create("c").app.app_id)
-    time.sleep(1.1)
+    clock.now = 1_700_000_000 + 3600 - 0.5
+    tokens.verify(issued.access_token)
+    clock.now += 0.5
     with pytest.raises(ExpiredToken):
         tokens.verify(issued.access_token)
+
+
+def test_the_real_clock_is_the_default(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    database.upgrade()
+    tokens = TokenIssuer(database, 3600)
+    expiry = int(
+        tokens.issue(AppRegistry(database).create("e").app.app_id).access_token.split(".")[3]
+    )
+    assert abs(expiry - time.time() - 3600) < 60
 
 
 def test_authenticate(store: tuple[AppRegistry, TokenIssuer]) -> None:

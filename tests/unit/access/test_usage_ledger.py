@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, select
 
 from qfserve.access.apps import AppRegistry
 from qfserve.access.usage import UsageLedger, UsageRecord
@@ -20,6 +20,7 @@ from qfserve.store.database import Database
 from qfserve.store.schema import UsageRow
 from tests.pg_server import running_postgres
 from tests.servers import free_port
+from tests.waiting import wait_until
 
 
 def _database(url: str) -> tuple[Database, int]:
@@ -65,10 +66,12 @@ def test_rows_are_written_off_the_request_path_and_close_writes_the_rest(
     ledger.start()
     for n in range(20):
         ledger.record(_row(app_id, n))
-    deadline = time.monotonic() + 5
-    while (summary := ledger.summarize(by="app")) == [] or summary[0].requests < 20:
-        assert time.monotonic() < deadline, "the writer never wrote the rows"
-        time.sleep(0.02)
+    summary = wait_until(
+        lambda: [s for s in ledger.summarize(by="app") if s.requests >= 20],
+        timeout=5,
+        interval=0.02,
+        what="the writer's rows",
+    )
     assert summary[0].completion_tokens == sum(range(20))
 
     slow = UsageLedger(database, linger_seconds=3600.0)
@@ -145,7 +148,7 @@ def test_postgres_one_bad_row_loses_only_itself_and_strings_are_clipped() -> Non
         database, app_id = _database(url)
         _one_refused_row_among_ordinary_ones(database, app_id)
         with database.engine.begin() as connection:
-            connection.execute(UsageRow.__table__.delete())
+            connection.execute(delete(UsageRow))
         _client_strings_are_stored_clipped(database, app_id)
         database.close()
 

@@ -55,7 +55,7 @@ class CharEngine:
 
 
 def serving(engine: CharEngine, **endpoint: int) -> ChatServing:
-    settings = Settings(endpoints=[EndpointSettings(name="chat", **endpoint)])
+    settings = Settings(endpoints=[EndpointSettings.model_validate({"name": "chat", **endpoint})])
     registry = EngineRegistry({"chat": engine})
     return ChatServing(settings, registry, Metrics(registry), None)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from baidubce.auth.bce_credentials import BceCredentials
@@ -94,7 +95,9 @@ def signed_headers(
     return headers
 
 
-def fetch(setup: Setup, query: dict[str, str], secret_key: str | None = None) -> tuple[int, dict]:
+def fetch(
+    setup: Setup, query: dict[str, str], secret_key: str | None = None
+) -> tuple[int, dict[str, Any]]:
     headers = signed_headers(setup.access_key, secret_key or setup.secret_key, query)
     reply = setup.client.get(bearer.PATH, params=query, headers=headers)
     return reply.status_code, reply.json()
@@ -127,7 +130,7 @@ def test_lifetime_default_and_bounds(setup: Setup, asked: str | None, lifetime: 
     assert seconds(body["expireTime"]) - seconds(body["createTime"]) == lifetime
 
 
-def assert_v2_error(status: int, body: dict, want_status: int, code: str) -> None:
+def assert_v2_error(status: int, body: dict[str, Any], want_status: int, code: str) -> None:
     assert (status, body["error"]["code"]) == (want_status, code)
     assert body["error"]["message"] and body["error"]["type"] == "invalid_request_error"
     assert body["id"].startswith("as-")
