@@ -1,0 +1,137 @@
+"""qfserve in-process on a `FakeEngine`: the real app (routes, access, quotas, safety, the usage
+ledger on SQLite), its lifespan run by Starlette's TestClient, no model and no socket.
+
+    with running(tmp_path) as qf:
+        app = qf.new_app()
+        reply = qf.client.post(qf.v1_url(qf.token(app)), json={"messages": [...]})
+
+The store is opened a second time beside the server's, as the `qfserve app ...` CLI does beside a
+running server, to create apps and keys and set quotas directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from starlette.testclient import TestClient
+
+from qfserve.config import EndpointSettings, Settings
+from qfserve.server import Store, create_app, open_store
+from tests.fake_engine import FakeEngine, fake_registry
+
+ENDPOINT = "llama_2_7b"
+V1_PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+
+
+class Response(Protocol):
+    """What the tests read of a TestClient response (httpx's or httpx2's, as Starlette picks)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientApp:
+    app_id: int
+    api_key: str
+    secret_key: str
+
+
+@dataclass
+class InProcess:
+    client: TestClient
+    engine: FakeEngine
+    settings: Settings
+    store: Store
+
+    def new_app(self, name: str = "test", **quota: int) -> ClientApp:
+        """An app as `qfserve app create` makes it; `quota` as `qfserve app quota` sets it."""
+        created = self.store.apps.create(name)
+        if quota:
+            self.store.apps.set_access(created.app.app_id, quota, None)
+        return ClientApp(created.app.app_id, created.app.api_key, created.secret_key)
+
+    def token(self, app: ClientApp) -> str:
+        """A V1 access token from the real `/oauth/2.0/token` route."""
+        reply = self.client.post(
+            "/oauth/2.0/token",
+            params={
+                "grant_type": "client_credentials",
+                "client_id": app.api_key,
+                "client_secret": app.secret_key,
+            },
+        )
+        reply.raise_for_status()
+        return str(reply.json()["access_token"])
+
+    def app_key(self, app: ClientApp) -> str:
+        """A long-lived key for the OpenAI routes (`Authorization: Bearer sk-qf-...`)."""
+        return self.store.app_keys.create(app.app_id).key
+
+    @staticmethod
+    def v1_url(token: str | None, endpoint: str = ENDPOINT, kind: str = "chat") -> str:
+        query = f"?access_token={token}" if token is not None else ""
+        return f"{V1_PREFIX}/{kind}/{endpoint}{query}"
+
+
+@contextmanager
+def running(
+    data_dir: Path,
+    engine: FakeEngine | None = None,
+    *,
+    endpoints: tuple[str, ...] = (ENDPOINT,),
+    **settings: Any,
+) -> Iterator[InProcess]:
+    """qfserve on `engine` (a new FakeEngine if none) for every endpoint, its store in
+    `data_dir`. `settings` are more `Settings` fields (quota, stream, safety, ...)."""
+    engine = engine or FakeEngine()
+    config = Settings(
+        data_dir=data_dir,
+        endpoints=[EndpointSettings(name=name) for name in endpoints],
+        **settings,
+    )
+    service = create_app(config, engines=fake_registry(engine, *endpoints))
+    store = open_store(config)
+    try:
+        with TestClient(service.app) as client:
+            yield InProcess(client, engine, config, store)
+    finally:
+        store.database.close()
+
+
+def sse_data(response: Response) -> list[str]:
+    """The `data:` payloads of an event stream, in order (`[DONE]` included). Fails on any other
+    kind of line: clients of both dialects parse `data:` lines only."""
+    payloads = []
+    for block in response.text.split("\n\n"):
+        if not block:
+            continue
+        assert block.startswith("data: ") and "\n" not in block, f"not a data event: {block!r}"
+        payloads.append(block.removeprefix("data: "))
+    return payloads
+
+
+def sse_json(response: Response) -> list[dict[str, Any]]:
+    """The JSON events of a stream; a `[DONE]` must be the last payload and is left out."""
+    payloads = sse_data(response)
+    if "[DONE]" in payloads:
+        assert payloads.index("[DONE]") == len(payloads) - 1, "events after [DONE]"
+        payloads = payloads[:-1]
+    return [json.loads(p) for p in payloads]
+
+
+def bearer(key: str) -> Mapping[str, str]:
+    return {"Authorization": f"Bearer {key}"}
