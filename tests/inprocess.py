@@ -12,13 +12,16 @@ running server, to create apps and keys and set quotas directly.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp
 
 from qfserve.config import EndpointSettings, Settings
 from qfserve.server import Store, create_app, open_store
@@ -56,6 +59,7 @@ class InProcess:
     engine: FakeEngine
     settings: Settings
     store: Store
+    service_app: ASGIApp
 
     def new_app(self, name: str = "test", **quota: int) -> ClientApp:
         """An app as `qfserve app create` makes it; `quota` as `qfserve app quota` sets it."""
@@ -87,6 +91,77 @@ class InProcess:
         return f"{V1_PREFIX}/{kind}/{endpoint}{query}"
 
 
+@dataclass
+class Exchange:
+    """A request sent straight to the ASGI app, and what the app sent back so far."""
+
+    status: int | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = False  # the app ended its response (more_body false)
+
+
+def post_then_disconnect(
+    qf: InProcess,
+    path: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    disconnect_when: Callable[[Exchange], bool],
+    *,
+    deadline_seconds: float = 10.0,
+) -> Exchange:
+    """POST to the app in its own event loop, then go away (`http.disconnect`) once
+    `disconnect_when` holds, as a client closing its connection mid-answer. The TestClient reads
+    whole responses only; this sees the chunks as they are sent."""
+    exchange = Exchange()
+    path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    request_body = json.dumps(body).encode()
+
+    async def exchange_once() -> None:
+        body_sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": request_body, "more_body": False}
+            give_up = time.monotonic() + deadline_seconds
+            while not disconnect_when(exchange) and not exchange.complete:
+                assert time.monotonic() < give_up, "the condition to disconnect never held"
+                await anyio.sleep(0.005)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    exchange.chunks.append(message["body"])
+                exchange.complete = not message.get("more_body", False)
+
+        await qf.service_app(scope, receive, send)
+
+    qf.client.portal.call(exchange_once)  # type: ignore[union-attr]
+    return exchange
+
+
 @contextmanager
 def running(
     data_dir: Path,
@@ -107,7 +182,7 @@ def running(
     store = open_store(config)
     try:
         with TestClient(service.app) as client:
-            yield InProcess(client, engine, config, store)
+            yield InProcess(client, engine, config, store, service.app)
     finally:
         store.database.close()
 

@@ -9,10 +9,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tests.inprocess import ENDPOINT, InProcess, Response, ClientApp, bearer, sse_data, sse_json
+from tests.inprocess import ENDPOINT, ClientApp, InProcess, Response, bearer, sse_data, sse_json
 
 Credential = Literal["valid", "missing", "forged"]
 HI = [{"role": "user", "content": "Hi there"}]
+# Shaped as a real access token (a malformed one is 100, not 110), but never issued.
+FORGED_TOKEN = "24." + "0" * 32 + ".2592000.1798375918.157874-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class QianfanV1(Dialect):
         return qf.token(app)
 
     def post(self, qf: InProcess, secret: str, ask: Ask) -> Response:
-        token = {"valid": secret, "missing": None, "forged": "24.0123456789abcdef"}[ask.credential]
+        token = {"valid": secret, "missing": None, "forged": FORGED_TOKEN}[ask.credential]
         url = qf.v1_url(token, ask.endpoint)
         if ask.content is not None:
             return qf.client.post(url, content=ask.content)
