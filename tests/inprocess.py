@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 import anyio
 from starlette.testclient import TestClient
-from starlette.types import ASGIApp
 
 from qfserve.config import EndpointSettings, Settings
+from qfserve.process import Service
 from qfserve.server import Store, create_app, open_store
 from tests.fake_engine import FakeEngine, fake_registry
 
@@ -59,7 +59,7 @@ class InProcess:
     engine: FakeEngine
     settings: Settings
     store: Store
-    service_app: ASGIApp
+    service: Service  # the app, and the hook a shutdown calls
 
     def new_app(self, name: str = "test", **quota: int) -> ClientApp:
         """An app as `qfserve app create` makes it; `quota` as `qfserve app quota` sets it."""
@@ -156,7 +156,7 @@ def post_then_disconnect(
                     exchange.chunks.append(message["body"])
                 exchange.complete = not message.get("more_body", False)
 
-        await qf.service_app(scope, receive, send)
+        await qf.service.app(scope, receive, send)
 
     qf.client.portal.call(exchange_once)  # type: ignore[union-attr]
     return exchange
@@ -182,7 +182,7 @@ def running(
     store = open_store(config)
     try:
         with TestClient(service.app) as client:
-            yield InProcess(client, engine, config, store, service.app)
+            yield InProcess(client, engine, config, store, service)
     finally:
         store.database.close()
 
