@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from qfserve.config import EndpointSettings, Settings
 from qfserve.process import Service
 from qfserve.server import Store, create_app, open_store
+from qfserve.store.schema import UsageRow
 from tests.fake_engine import FakeEngine, fake_registry
 
 ENDPOINT = "llama_2_7b"
@@ -84,6 +86,20 @@ class InProcess:
     def app_key(self, app: ClientApp) -> str:
         """A long-lived key for the OpenAI routes (`Authorization: Bearer sk-qf-...`)."""
         return self.store.app_keys.create(app.app_id).key
+
+    def usage(self, app: ClientApp, rows: int, deadline_seconds: float = 10.0) -> list[UsageRow]:
+        """The app's usage ledger rows in order, once there are `rows` of them (the ledger
+        writes in batches, off the event loop)."""
+        query = select(UsageRow).where(UsageRow.app_id == app.app_id).order_by(UsageRow.id)
+        give_up = time.monotonic() + deadline_seconds
+        while True:
+            with self.store.database.session() as session:
+                found = list(session.scalars(query))
+                session.expunge_all()
+            if len(found) >= rows or time.monotonic() > give_up:
+                assert len(found) == rows, f"{len(found)} usage rows, {rows} expected"
+                return found
+            time.sleep(0.05)
 
     @staticmethod
     def v1_url(token: str | None, endpoint: str = ENDPOINT, kind: str = "chat") -> str:

@@ -155,6 +155,28 @@ def test_flagged_answer_is_replaced_by_the_refusal(
     assert qf.engine.running == 0 and qf.engine.cancelled == [qf.engine.last.request_id]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_the_ledger_charges_what_the_client_was_told(
+    qf: InProcess, dialect: Dialect, stream: bool
+) -> None:
+    app = qf.new_app("metered")
+    secret = dialect.secret(qf, app)
+    qf.engine.script = Script(answer=SENTENCES)
+    user = {"user_id": "u1"} if dialect is V1 else {"user": "u1"}
+    ask = Ask(stream=stream, include_usage=True, wire=user)
+    reply = dialect.reply(dialect.post(qf, secret, ask), ask)
+    refused = dialect.failure(dialect.post(qf, secret, Ask(messages=[])))
+    told, failed = qf.usage(app, rows=2)
+    assert (told.prompt_tokens, told.completion_tokens) == (4, 14)
+    assert (told.prompt_tokens, told.completion_tokens) == (
+        reply.prompt_tokens,
+        reply.completion_tokens,
+    )
+    assert (told.error_code, told.endpoint, told.user_id) == (0, "llama_2_7b", "u1")
+    # A refused request is a row too, with its error and no tokens charged for an answer.
+    assert (failed.error_code, failed.completion_tokens) == (refused.code, 0)
+
+
 @pytest.mark.parametrize(("quota", "v1_code"), [("qps", 18), ("rpm", 336501)])
 def test_quota_refuses_the_second_request(
     qf: InProcess, dialect: Dialect, quota: str, v1_code: int
@@ -208,7 +230,10 @@ def test_a_remote_upstreams_prompt_count_is_reported(
     tokenizer): that count is the one to report and to charge."""
     engine = FakeEngine(script=Script(prompt_tokens=11, taken_first=True))
     with running(tmp_path, engine, safety=SafetySettings(enabled=safety)) as served:
-        secret = dialect.secret(served, served.new_app())
+        app = served.new_app()
+        secret = dialect.secret(served, app)
         ask = Ask(stream=stream, include_usage=True)
         reply = dialect.reply(dialect.post(served, secret, ask), ask)
+        (charged,) = served.usage(app, rows=1)
     assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (11, 5, 16)
+    assert (charged.prompt_tokens, charged.completion_tokens) == (11, 5)
