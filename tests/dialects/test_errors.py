@@ -1,7 +1,7 @@
 """One table of error cases, each checked in every dialect's own shape.
 
 A row is the case, the request (a dialect-free `Ask`, which each dialect renders as its own HTTP
-request), what the engine does, and one column per dialect: the V1 `error_code` (HTTP 200), the
+request), what the engine does and the state of the calling app, and one column per dialect: the V1 `error_code` (HTTP 200), the
 OpenAI HTTP status (its body carries the same Qianfan code). A new dialect adds a column and a
 line to `expected`. Known divergences are listed in `known`, by dialect: strict xfails that the
 shared request pipeline is to fix.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 
@@ -32,6 +33,7 @@ class ErrorCase:
     openai_status: int
     script: Script | None = None
     engine_ready: bool = True
+    app_state: Literal["live", "disabled", "other endpoints only"] = "live"
     known: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -47,6 +49,8 @@ def mid_answer(error: BaseException) -> Script:
 ERRORS = [
     ErrorCase("missing credentials", Ask(credential="missing"), 100, 401),
     ErrorCase("bad token", Ask(credential="forged"), 110, 401),
+    ErrorCase("app disabled", Ask(), 15, 403, app_state="disabled"),
+    ErrorCase("endpoint not permitted", Ask(), 6, 403, app_state="other endpoints only"),
     ErrorCase("unknown endpoint", Ask(endpoint="no_such_model"), 336005, 404),
     ErrorCase("not JSON", Ask(content=b"not json {"), 336002, 400),
     ErrorCase("body not an object", Ask(content=b"[1, 2]"), 336001, 400),
@@ -113,7 +117,12 @@ def _cases() -> list[object]:
 
 @pytest.mark.parametrize(("case", "dialect"), _cases())
 def test_error(qf: InProcess, case: ErrorCase, dialect: Dialect) -> None:
-    secret = dialect.secret(qf, qf.new_app())
+    app = qf.new_app()
+    secret = dialect.secret(qf, app)
+    if case.app_state == "disabled":
+        qf.store.apps.set_disabled(app.app_id, True)
+    elif case.app_state == "other endpoints only":
+        qf.store.apps.set_access(app.app_id, {}, ["other_model"])
     if case.script is not None:
         qf.engine.script = case.script
     qf.engine.available = case.engine_ready
