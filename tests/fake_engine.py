@@ -73,12 +73,13 @@ class FakeEngine:
     requests: list[GenerationRequest] = field(default_factory=list)
     # Request ids whose generator was closed before it finished: cancelled by the server.
     cancelled: list[str] = field(default_factory=list)
-    finished: list[str] = field(default_factory=list)  # to their end, or to the scripted error
-    failed: list[str] = field(default_factory=list)  # by the scripted error
+    finished: list[str] = field(default_factory=list)  # the last delta was sent
+    failed: list[str] = field(default_factory=list)  # the scripted error, or ended by a drain
     running: int = 0
     started: bool = False
     draining: bool = False
     closed: bool = False
+    ending: bool = False  # a drain's grace is over: running generations end with an error
     available: bool = True  # False: the engine reports not ready (a dead or loading engine)
     _prompt_total: int = 0
     _generated_total: int = 0
@@ -109,19 +110,20 @@ class FakeEngine:
         self.started = True
 
     async def drain(self, grace_seconds: float) -> None:
+        """New requests get EngineUnavailable at once; running ones after `grace_seconds`, at
+        their next token (as the real engines end them, so clients get an error, not a cut)."""
         self.draining = True
-        deadline = asyncio.get_running_loop().time() + grace_seconds
-        while self.running and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while self.running and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        self.ending = True
 
     async def close(self) -> None:
-        self.closed = True
+        self.closed = self.ending = True
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return [zlib.crc32(word.encode()) % 32000 for word in text.split()]
-
-    def count(self, text: str) -> int:
-        return len(self.tokenize(text))
 
     def stats(self) -> EngineStats:
         return EngineStats(self.running, 0, self._prompt_total, 0, self._generated_total)
@@ -136,39 +138,36 @@ class FakeEngine:
             raise EngineUnavailable()
         self.running += 1
         self._prompt_total += len(request.prompt_tokens)
-        done = False
+        # Where the request id goes at the end: closed early unless it gets further.
+        outcome = self.cancelled
         try:
             if script.taken_first:
                 yield Delta("", 0)
             pieces, finish = _cut(script, request)
             if script.error is not None and script.error_after == 0:
+                outcome = self.failed
                 raise script.error
             for index, piece in enumerate(pieces):
                 if script.token_delay:
                     await asyncio.sleep(script.token_delay)
+                if self.ending:
+                    outcome = self.failed
+                    raise EngineUnavailable("the engine is shutting down")
                 self._generated_total += 1
-                last = index == len(pieces) - 1
-                if last:
-                    done = True
+                if index == len(pieces) - 1:
+                    outcome = self.finished
                     yield Delta(piece, 1, finish, script.prompt_tokens)
                 else:
                     yield Delta(piece, 1)
                 if script.error is not None and index + 1 == script.error_after:
+                    outcome = self.failed
                     raise script.error
             if not pieces:
-                done = True
+                outcome = self.finished
                 yield Delta("", 0, finish, script.prompt_tokens)
-        except BaseException as exc:
-            if exc is script.error:
-                self.failed.append(request.request_id)
-                done = True
-            raise
         finally:
             self.running -= 1
-            if done:
-                self.finished.append(request.request_id)
-            else:
-                self.cancelled.append(request.request_id)
+            outcome.append(request.request_id)
 
 
 def _cut(script: Script, request: GenerationRequest) -> tuple[list[str], FinishReason]:

@@ -109,25 +109,35 @@ class InProcess:
 
 @dataclass
 class Exchange:
-    """A request sent straight to the ASGI app, and what the app sent back so far."""
+    """A request sent straight to the ASGI app, and what the app sent back so far. Reads as a
+    `Response` once complete."""
 
-    status: int | None = None
+    status_code: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     complete: bool = False  # the app ended its response (more_body false)
 
+    @property
+    def text(self) -> str:
+        return b"".join(self.chunks).decode()
 
-def post_then_disconnect(
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def post_asgi(
     qf: InProcess,
     path: str,
     body: Mapping[str, Any],
     headers: Mapping[str, str],
-    disconnect_when: Callable[[Exchange], bool],
     *,
+    disconnect_when: Callable[[Exchange], bool] | None = None,
+    on_chunk: Callable[[Exchange], None] | None = None,
     deadline_seconds: float = 10.0,
 ) -> Exchange:
-    """POST to the app in its own event loop, then go away (`http.disconnect`) once
-    `disconnect_when` holds, as a client closing its connection mid-answer. The TestClient reads
-    whole responses only; this sees the chunks as they are sent."""
+    """POST to the app in its own event loop and see the answer's chunks as they are sent (the
+    TestClient reads whole responses only). `on_chunk` runs after each; the client goes away
+    (`http.disconnect`) once `disconnect_when` holds, as one closing its connection mid-answer."""
     exchange = Exchange()
     path, _, query = path.partition("?")
     scope = {
@@ -150,6 +160,9 @@ def post_then_disconnect(
     }
     request_body = json.dumps(body).encode()
 
+    def gone() -> bool:
+        return disconnect_when is not None and disconnect_when(exchange)
+
     async def exchange_once() -> None:
         body_sent = False
 
@@ -159,17 +172,20 @@ def post_then_disconnect(
                 body_sent = True
                 return {"type": "http.request", "body": request_body, "more_body": False}
             give_up = time.monotonic() + deadline_seconds
-            while not disconnect_when(exchange) and not exchange.complete:
-                assert time.monotonic() < give_up, "the condition to disconnect never held"
+            while not gone() and not exchange.complete:
+                assert time.monotonic() < give_up, "the answer did not end in time"
                 await anyio.sleep(0.005)
             return {"type": "http.disconnect"}
 
         async def send(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                exchange.status = message["status"]
+                exchange.status_code = message["status"]
+                exchange.headers = {k.decode(): v.decode() for k, v in message["headers"]}
             elif message["type"] == "http.response.body":
                 if message.get("body"):
                     exchange.chunks.append(message["body"])
+                    if on_chunk is not None:
+                        on_chunk(exchange)
                 exchange.complete = not message.get("more_body", False)
 
         await qf.service.app(scope, receive, send)

@@ -6,6 +6,7 @@ or streamed) into a dialect-free `Reply`; a new dialect is one more class here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +40,16 @@ class Ask:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """An `Ask` as one dialect puts it on the wire: a POST of JSON (or of raw `content`)."""
+
+    path: str
+    headers: Mapping[str, str]
+    body: dict[str, Any] = field(default_factory=dict)
+    content: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """An answer as the client reads it, in any dialect."""
 
@@ -65,8 +76,14 @@ class Dialect:
     def secret(self, qf: InProcess, app: ClientApp) -> str:
         raise NotImplementedError
 
-    def post(self, qf: InProcess, secret: str, ask: Ask) -> Response:
+    def request(self, secret: str, ask: Ask) -> HttpRequest:
         raise NotImplementedError
+
+    def post(self, qf: InProcess, secret: str, ask: Ask) -> Response:
+        sent = self.request(secret, ask)
+        if sent.content is not None:
+            return qf.client.post(sent.path, content=sent.content, headers=sent.headers)
+        return qf.client.post(sent.path, json=sent.body, headers=sent.headers)
 
     def reply(self, response: Response, ask: Ask) -> Reply:
         """The answer of a plain or streamed reply, its framing checked on the way."""
@@ -93,11 +110,11 @@ class QianfanV1(Dialect):
     def secret(self, qf: InProcess, app: ClientApp) -> str:
         return qf.token(app)
 
-    def post(self, qf: InProcess, secret: str, ask: Ask) -> Response:
+    def request(self, secret: str, ask: Ask) -> HttpRequest:
         token = {"valid": secret, "missing": None, "forged": FORGED_TOKEN}[ask.credential]
-        url = qf.v1_url(token, ask.endpoint)
+        url = InProcess.v1_url(token, ask.endpoint)
         if ask.content is not None:
-            return qf.client.post(url, content=ask.content)
+            return HttpRequest(url, {}, content=ask.content)
         body: dict[str, Any] = {"messages": ask.messages}
         fields = {
             "system": ask.system,
@@ -108,7 +125,7 @@ class QianfanV1(Dialect):
             "max_output_tokens": ask.max_tokens,
         }
         body.update({k: v for k, v in fields.items() if v is not None})
-        return qf.client.post(url, json={**body, **ask.wire})
+        return HttpRequest(url, {}, {**body, **ask.wire})
 
     def reply(self, response: Response, ask: Ask) -> Reply:
         assert response.status_code == 200
@@ -169,7 +186,7 @@ class OpenAI(Dialect):
     def secret(self, qf: InProcess, app: ClientApp) -> str:
         return qf.app_key(app)
 
-    def post(self, qf: InProcess, secret: str, ask: Ask) -> Response:
+    def request(self, secret: str, ask: Ask) -> HttpRequest:
         headers = {
             "valid": bearer(secret),
             "missing": {},
@@ -177,7 +194,7 @@ class OpenAI(Dialect):
         }[ask.credential]
         url = "/v1/chat/completions"
         if ask.content is not None:
-            return qf.client.post(url, content=ask.content, headers=headers)
+            return HttpRequest(url, headers, content=ask.content)
         system = [{"role": "system", "content": ask.system}] if ask.system else []
         body: dict[str, Any] = {"model": ask.endpoint, "messages": system + ask.messages}
         fields = {
@@ -189,7 +206,7 @@ class OpenAI(Dialect):
             "max_tokens": ask.max_tokens,
         }
         body.update({k: v for k, v in fields.items() if v is not None})
-        return qf.client.post(url, json={**body, **ask.wire}, headers=headers)
+        return HttpRequest(url, headers, {**body, **ask.wire})
 
     def reply(self, response: Response, ask: Ask) -> Reply:
         assert response.status_code == 200, response.text

@@ -1,10 +1,10 @@
 """One table of error cases, each checked in every dialect's own shape.
 
 A row is the case, the request (a dialect-free `Ask`, which each dialect renders as its own HTTP
-request), what the engine does and the state of the calling app, and one column per dialect: the V1 `error_code` (HTTP 200), the
-OpenAI HTTP status (its body carries the same Qianfan code). A new dialect adds a column and a
-line to `expected`. Known divergences are listed in `known`, by dialect: strict xfails that the
-shared request pipeline is to fix.
+request), what the engine does and the state of the calling app, and one column per dialect: the
+V1 `error_code` (HTTP 200), the OpenAI HTTP status (its body carries the same Qianfan code). A new
+dialect adds a column and a line to `expected`. Known divergences are listed in `known`, by
+dialect: strict xfails that the shared request pipeline is to fix.
 """
 
 from __future__ import annotations
