@@ -3,8 +3,8 @@
 It tokenizes one token per whitespace-separated word (ids from a checksum, so deterministic) and
 answers from a `Script`: a fixed text sent one word per delta, a finish reason, an error raised
 before the first delta or after some, a pause per token. It keeps every `GenerationRequest` it was
-given, so tests can assert on the prompt and the sampling, and notes which generations were closed
-before their end (the client went away).
+given, so tests can assert on the prompt and the sampling, and notes how each generation ended:
+finished, failed (its scripted error, or ended by a drain) or closed early (the client went away).
 """
 
 from __future__ import annotations
