@@ -63,7 +63,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not slow and not model" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
