@@ -29,7 +29,7 @@ def bench(ctx: typer.Context) -> None:
     try:
         from qfserve.bench.cli import bench as run_bench
 
-        command = typer.Typer(add_completion=False)
+        command = typer.Typer(add_completion=False, **TYPER_OPTIONS)
         command.command()(run_bench)
         typer.main.get_command(command).main(ctx.args, prog_name="qfserve bench")
     except ModuleNotFoundError as exc:

@@ -204,34 +204,17 @@ def test_quota_refuses_the_second_request(
     assert len(qf.engine.requests) == generated_before + 1  # the refused one never got there
 
 
-GUARD_DROPS_IT = "the safety guard re-makes the engine's deltas without their prompt count"
-LOCAL_COUNT_V1 = "V1 stream events count the prompt with the local tokenizer, not the upstream's"
-LOCAL_COUNT_OPENAI = "the OpenAI routes count the prompt with the local tokenizer, not the upstream"
-UPSTREAM_COUNT_KNOWN = {
-    ("v1", "plain", "safety"): GUARD_DROPS_IT,
-    ("v1", "stream", "safety"): LOCAL_COUNT_V1,
-    ("v1", "stream", "no-safety"): LOCAL_COUNT_V1,
-    ("openai", "plain", "safety"): LOCAL_COUNT_OPENAI,
-    ("openai", "plain", "no-safety"): LOCAL_COUNT_OPENAI,
-    ("openai", "stream", "safety"): LOCAL_COUNT_OPENAI,
-    ("openai", "stream", "no-safety"): LOCAL_COUNT_OPENAI,
-}
-
-
 def _upstream_count_cases() -> list[object]:
     cases: list[object] = []
     for dialect in DIALECTS:
         for stream in ("plain", "stream"):
             for safety in ("safety", "no-safety"):
-                known = UPSTREAM_COUNT_KNOWN.get((dialect.name, stream, safety))
-                marks = [pytest.mark.xfail(strict=True, reason=known)] if known else []
                 cases.append(
                     pytest.param(
                         dialect,
                         stream == "stream",
                         safety == "safety",
                         id=f"{dialect.name}-{stream}-{safety}",
-                        marks=marks,
                     )
                 )
     return cases

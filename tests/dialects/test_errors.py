@@ -83,10 +83,6 @@ ERRORS = [
         336000,
         200,
         mid_answer(RuntimeError("decode failed")),
-        known={
-            "openai": "an unexpected engine error mid-stream escapes the OpenAI stream: no error "
-            "event, no [DONE], the connection is cut"
-        },
     ),
 ]
 

@@ -23,6 +23,7 @@ from qfserve.access.iam_keys import IamKeys
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.tokens import TokenIssuer
 from qfserve.access.usage import UsageLedger
+from qfserve.access.v2_keys import V2Keys
 from qfserve.config import Settings
 from qfserve.metrics import Metrics
 from qfserve.store.database import Database
@@ -44,6 +45,7 @@ def _gate(database: Database, ledger: UsageLedger, **options: Any) -> AccessGate
         cast(Metrics, _Counts()),
         QuotaEnforcer.from_url(""),
         QuotaLimits.from_config(),
+        v2_keys=V2Keys(database),
         inline_lookups=True,
         **options,
     )
