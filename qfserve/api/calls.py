@@ -18,6 +18,15 @@ from qfserve.serving.pipeline import ChatPipeline
 from qfserve.serving.request import ChatRequest, Outcome
 
 Body = TypeVar("Body", bound=BaseModel)
+# pydantic-core's reasons for refusing JSON that is well formed: an escaped lone surrogate (no
+# text can hold it), a number past any numeric type, nesting past the parser's depth.
+_REFUSED_BUT_WELL_FORMED = (
+    "unexpected end of hex escape",
+    "invalid unicode code point",
+    "lone leading surrogate",
+    "number out of range",
+    "recursion limit exceeded",
+)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -47,6 +56,10 @@ def parse_json(raw: bytes, model: type[Body]) -> Body:
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
+            reason = str(first.get("ctx", {}).get("error", ""))
+            if reason.startswith(_REFUSED_BUT_WELL_FORMED):
+                # JSON's grammar allows these; the server does not take them.
+                raise InvalidArgument(f"Invalid Argument: {reason}") from None
             raise InvalidJSON() from None
         if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
             raise InvalidArgument("Invalid Argument: the body must be a JSON object") from None
