@@ -4,14 +4,10 @@ and how the answer comes back (whole, or as sentence segments). No HTTP here: ro
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import os
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 import anyio.to_thread
@@ -19,7 +15,6 @@ import anyio.to_thread
 from qfserve.chat.conversation import Message, check_messages, fit_conversation
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
-    Hit,
     ModeratorSource,
     StreamGuard,
     UnreadableVerdict,
@@ -28,9 +23,8 @@ from qfserve.chat.safety import (
     parse_guard_verdict,
 )
 from qfserve.chat.safety import check_messages as check_user_messages
-from qfserve.chat.segmenter import Segment, Segmenter
 from qfserve.chat.template import ChatTemplate
-from qfserve.config import EndpointSettings, Settings, StreamSettings
+from qfserve.config import EndpointSettings, Settings
 from qfserve.engines.base import Delta, Engine, FinishReason, GenerationRequest, SamplingParams
 from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import (
@@ -40,57 +34,12 @@ from qfserve.errors import (
     TooManyCharacters,
     UnknownEndpoint,
 )
-from qfserve.metrics import Metrics, RequestClock
-from qfserve.serving.request import Ending, Piece, Usage
+from qfserve.metrics import Metrics
+from qfserve.serving.prepared import Answer, PreparedChat, ending
+from qfserve.serving.request import Piece
+from qfserve.serving.segments import SegmentStream, closing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Tally:
-    """What is learnt while the answer is generated, read once it is done: a safety hit on the
-    answer, and the engine's own counts of the prompt (a remote upstream's tokenizer) and of the
-    prompt tokens its prefix cache served."""
-
-    hit: Hit | None = None
-    prompt_tokens: int | None = None
-    cached_tokens: int | None = None
-
-    @property
-    def category(self) -> str | None:
-        return self.hit.category if self.hit is not None else None
-
-    def usage(self, prepared_prompt_tokens: int, completion_tokens: int) -> Usage:
-        prompt = self.prompt_tokens if self.prompt_tokens is not None else prepared_prompt_tokens
-        return Usage(prompt, completion_tokens, self.cached_tokens or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedChat:
-    """A validated request, its prompt rendered and counted, ready for the engine."""
-
-    engine: Engine
-    generation: GenerationRequest
-    clock: RequestClock
-    guard: StreamGuard | None = None
-    tally: Tally = field(default_factory=Tally)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.generation.prompt_tokens)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    text: str  # the refusal when the answer was flagged
-    ending: Ending
-    usage: Usage
-
-
-def ending(finish: FinishReason, tally: Tally) -> Ending:
-    if tally.hit is not None:
-        return "content_filter"
-    return "length" if finish == "length" else "stop"
 
 
 class ChatServing:
@@ -196,7 +145,7 @@ class ChatServing:
             "guard", prompt, SamplingParams(max_tokens=12, temperature=0.0, top_k=1)
         )
         text = ""
-        async with _closing(engine.generate(request)) as deltas:
+        async with closing(engine.generate(request)) as deltas:
             async for delta in deltas:
                 text += delta.text
         try:
@@ -221,7 +170,7 @@ class ChatServing:
         parts: list[str] = []
         tokens = 0
         finish: FinishReason = "stop"
-        async with _closing(chat.engine.generate(chat.generation)) as generated:
+        async with closing(chat.engine.generate(chat.generation)) as generated:
             async for delta in self._moderated(chat, generated):
                 chat.clock.tokens(delta.token_count)
                 parts.append(delta.text)
@@ -239,7 +188,7 @@ class ChatServing:
         (a failure before it is raised). Closing this generator aborts the generation."""
         generated = 0
         started = False
-        async with _closing(chat.engine.generate(chat.generation)) as deltas:
+        async with closing(chat.engine.generate(chat.generation)) as deltas:
             try:
                 async for delta in self._moderated(chat, deltas):
                     chat.clock.tokens(delta.token_count)
@@ -272,7 +221,7 @@ class ChatServing:
     def segments(self, chat: PreparedChat) -> AsyncGenerator[Piece]:
         """Sentence segments as they complete, the last with an ending or an error. The
         generator must be closed (aclose) by its consumer; closing it aborts the generation."""
-        return _SegmentStream(chat, self._settings.stream, self._moderated).pieces()
+        return SegmentStream(chat, self._settings.stream, self._moderated).pieces()
 
     async def _moderated(
         self, chat: PreparedChat, deltas: AsyncIterator[Delta]
@@ -317,120 +266,3 @@ def _is_short(messages: list[Message], system: str | None) -> bool:
     if len(messages) > _SHORT_MESSAGES:
         return False
     return len(system or "") + sum(len(m.content) for m in messages) <= _SHORT_CHARS
-
-
-class _SegmentStream:
-    """Pumps an engine's deltas into sentence segments, flushing on size, sentence end and time.
-
-    A completed segment is held until the next delta shows whether more follows, so the last
-    event can say `is_end` without an empty extra event; the time limit flushes it regardless.
-    """
-
-    def __init__(
-        self,
-        chat: PreparedChat,
-        settings: StreamSettings,
-        moderated: Callable[[PreparedChat, AsyncIterator[Delta]], AsyncIterator[Delta]],
-    ) -> None:
-        self._chat = chat
-        self._moderated = moderated
-        self._settings = settings
-        self._segmenter = Segmenter(
-            min_chars=settings.min_segment_chars, max_tokens=settings.max_segment_tokens
-        )
-        self._sent = 0  # pieces yielded
-        self._counted = 0  # completion tokens in the pieces yielded
-        self._generated = 0  # counted by the pump as deltas arrive
-
-    def _piece(self, segment: Segment, end: Ending | None = None) -> Piece:
-        self._sent += 1
-        self._counted += segment.token_count
-        usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
-        return Piece(segment.text, segment.token_count, usage, end)
-
-    async def pieces(self) -> AsyncGenerator[Piece]:
-        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
-        pump = asyncio.create_task(self._pump(queue))
-        held: list[Segment] = []
-        opened_at: float | None = None
-        try:
-            while True:
-                timeout = None
-                if opened_at is not None or held:
-                    start = opened_at if opened_at is not None else time.monotonic()
-                    timeout = max(
-                        0.0, start + self._settings.max_segment_seconds - time.monotonic()
-                    )
-                try:
-                    # asyncio.timeout, not wait_for: no task created per delta.
-                    async with asyncio.timeout(timeout):
-                        item = await queue.get()
-                except TimeoutError:
-                    for segment in held:
-                        yield self._piece(segment)
-                    held = []
-                    if not self._segmenter.empty:
-                        yield self._piece(self._segmenter.flush())
-                    opened_at = None
-                    continue
-                if isinstance(item, BaseException):
-                    if self._sent == 0 and not held:
-                        raise item  # nothing sent yet: the dialect answers with a plain error
-                    for segment in held:
-                        yield self._piece(segment)
-                    error = item if isinstance(item, QfserveError) else InternalError()
-                    usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
-                    yield Piece("", 0, usage, error=error)
-                    return
-                if item is None:
-                    item = Delta("", 0, "stop")
-                completed = self._segmenter.push(item.text, item.token_count)
-                if item.finish_reason is not None:
-                    last = [*held, *completed, self._segmenter.flush()]
-                    if len(last) > 1 and not last[-1].text and not last[-1].token_count:
-                        last.pop()
-                    end = ending(item.finish_reason, self._chat.tally)
-                    self._chat.clock.finish(self._generated)
-                    for segment in last[:-1]:
-                        yield self._piece(segment)
-                    yield self._piece(last[-1], end)
-                    return
-                # A delta that does not finish means more follows: what was held can go.
-                for segment in held:
-                    yield self._piece(segment)
-                held = completed
-                if completed:
-                    opened_at = None
-                if not self._segmenter.empty and opened_at is None:
-                    opened_at = time.monotonic()
-        finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-
-    async def _pump(self, queue: asyncio.Queue[Delta | BaseException | None]) -> None:
-        try:
-            async with _closing(self._chat.engine.generate(self._chat.generation)) as generated:
-                async for delta in self._moderated(self._chat, generated):
-                    self._chat.clock.tokens(delta.token_count)
-                    self._generated += delta.token_count
-                    queue.put_nowait(delta)
-            queue.put_nowait(None)  # the engine ended; in case its last delta had no reason
-        except asyncio.CancelledError:
-            raise
-        except QfserveError as exc:
-            queue.put_nowait(exc)
-        except Exception as exc:
-            log.exception("request %s: the engine failed", self._chat.generation.request_id)
-            queue.put_nowait(exc)
-
-
-@contextlib.asynccontextmanager
-async def _closing(deltas: AsyncIterator[Delta]) -> AsyncIterator[AsyncIterator[Delta]]:
-    """Close the engine's generator on any exit, cancellation included: that aborts it."""
-    try:
-        yield deltas
-    finally:
-        aclose = getattr(deltas, "aclose", None)
-        if aclose is not None:
-            await aclose()

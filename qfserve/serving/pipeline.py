@@ -18,7 +18,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.errors import InternalError, InvalidArgument, QfserveError
-from qfserve.serving.chat import ChatServing, PreparedChat
+from qfserve.serving.chat import ChatServing
+from qfserve.serving.prepared import PreparedChat
 from qfserve.serving.request import (
     ChatRequest,
     Completed,

@@ -1,0 +1,136 @@
+"""A streamed answer cut into sentence segments (Qianfan V1's stream), and the rule that closing
+an engine's generator aborts its generation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+from qfserve.chat.segmenter import Segment, Segmenter
+from qfserve.config import StreamSettings
+from qfserve.engines.base import Delta
+from qfserve.errors import InternalError, QfserveError
+from qfserve.serving.prepared import PreparedChat, ending
+from qfserve.serving.request import Ending, Piece
+
+log = logging.getLogger(__name__)
+
+
+class SegmentStream:
+    """Pumps an engine's deltas into sentence segments, flushing on size, sentence end and time.
+
+    A completed segment is held until the next delta shows whether more follows, so the last
+    event can say `is_end` without an empty extra event; the time limit flushes it regardless.
+    """
+
+    def __init__(
+        self,
+        chat: PreparedChat,
+        settings: StreamSettings,
+        moderated: Callable[[PreparedChat, AsyncIterator[Delta]], AsyncIterator[Delta]],
+    ) -> None:
+        self._chat = chat
+        self._moderated = moderated
+        self._settings = settings
+        self._segmenter = Segmenter(
+            min_chars=settings.min_segment_chars, max_tokens=settings.max_segment_tokens
+        )
+        self._sent = 0  # pieces yielded
+        self._counted = 0  # completion tokens in the pieces yielded
+        self._generated = 0  # counted by the pump as deltas arrive
+
+    def _piece(self, segment: Segment, end: Ending | None = None) -> Piece:
+        self._sent += 1
+        self._counted += segment.token_count
+        usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+        return Piece(segment.text, segment.token_count, usage, end)
+
+    async def pieces(self) -> AsyncGenerator[Piece]:
+        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        pump = asyncio.create_task(self._pump(queue))
+        held: list[Segment] = []
+        opened_at: float | None = None
+        try:
+            while True:
+                timeout = None
+                if opened_at is not None or held:
+                    start = opened_at if opened_at is not None else time.monotonic()
+                    timeout = max(
+                        0.0, start + self._settings.max_segment_seconds - time.monotonic()
+                    )
+                try:
+                    # asyncio.timeout, not wait_for: no task created per delta.
+                    async with asyncio.timeout(timeout):
+                        item = await queue.get()
+                except TimeoutError:
+                    for segment in held:
+                        yield self._piece(segment)
+                    held = []
+                    if not self._segmenter.empty:
+                        yield self._piece(self._segmenter.flush())
+                    opened_at = None
+                    continue
+                if isinstance(item, BaseException):
+                    if self._sent == 0 and not held:
+                        raise item  # nothing sent yet: the dialect answers with a plain error
+                    for segment in held:
+                        yield self._piece(segment)
+                    error = item if isinstance(item, QfserveError) else InternalError()
+                    usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+                    yield Piece("", 0, usage, error=error)
+                    return
+                if item is None:
+                    item = Delta("", 0, "stop")
+                completed = self._segmenter.push(item.text, item.token_count)
+                if item.finish_reason is not None:
+                    last = [*held, *completed, self._segmenter.flush()]
+                    if len(last) > 1 and not last[-1].text and not last[-1].token_count:
+                        last.pop()
+                    end = ending(item.finish_reason, self._chat.tally)
+                    self._chat.clock.finish(self._generated)
+                    for segment in last[:-1]:
+                        yield self._piece(segment)
+                    yield self._piece(last[-1], end)
+                    return
+                # A delta that does not finish means more follows: what was held can go.
+                for segment in held:
+                    yield self._piece(segment)
+                held = completed
+                if completed:
+                    opened_at = None
+                if not self._segmenter.empty and opened_at is None:
+                    opened_at = time.monotonic()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _pump(self, queue: asyncio.Queue[Delta | BaseException | None]) -> None:
+        try:
+            async with closing(self._chat.engine.generate(self._chat.generation)) as generated:
+                async for delta in self._moderated(self._chat, generated):
+                    self._chat.clock.tokens(delta.token_count)
+                    self._generated += delta.token_count
+                    queue.put_nowait(delta)
+            queue.put_nowait(None)  # the engine ended; in case its last delta had no reason
+        except asyncio.CancelledError:
+            raise
+        except QfserveError as exc:
+            queue.put_nowait(exc)
+        except Exception as exc:
+            log.exception("request %s: the engine failed", self._chat.generation.request_id)
+            queue.put_nowait(exc)
+
+
+@contextlib.asynccontextmanager
+async def closing(deltas: AsyncIterator[Delta]) -> AsyncIterator[AsyncIterator[Delta]]:
+    """Close the engine's generator on any exit, cancellation included: that aborts it."""
+    try:
+        yield deltas
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
