@@ -126,7 +126,7 @@ def redis_pair(tmp_path: Path) -> Iterator[tuple[Server, Server, RedisServer]]:
         env = {
             "QFSERVE_REDIS_URL": redis.url,
             "QFSERVE_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
-            "QFSERVE_MASTER_KEY": "shared-master-key",
+            "QFSERVE_MASTER_KEY": "5a" * 32,
         }
         one = stack.enter_context(running_server(tmp_path / "one", **env))
         two = stack.enter_context(running_server(tmp_path / "two", **env))
