@@ -58,6 +58,10 @@ class OpenAIShape:
     def headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         return headers
 
+    def chunk_fields(self) -> dict[str, Any]:
+        """Fields every stream chunk carries but the usage chunk."""
+        return {}
+
     def error_status(self, error: QfserveError) -> int:
         return error.http_status
 
@@ -131,6 +135,7 @@ class OpenAIShape:
             "created": int(time.time()),
             "model": model,
             "choices": [{**choice, **self.choice_flags(ending, refused, streamed=True)}],
+            **self.chunk_fields(),
         }
         return sse(body)
 
@@ -154,7 +159,8 @@ class OpenAIShape:
         response_id, model = self.response_id(outcome.request_id), outcome.request.endpoint
         refused = outcome if isinstance(outcome, Refused) else None
         ending = outcome.ending if isinstance(outcome, Completed) else "content_filter"
-        out = self.chunk(response_id, model, {"role": "assistant", "content": outcome.text})
+        delta = {"role": "assistant", "content": outcome.text}
+        out = self.chunk(response_id, model, delta, refused=refused)
         out += self.chunk(response_id, model, {}, ending, refused)
         if outcome.request.include_usage:
             out += self.usage_chunk(response_id, model, outcome.usage)
