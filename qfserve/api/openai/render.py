@@ -58,10 +58,6 @@ class OpenAIShape:
     def headers(self, headers: dict[str, str] | None) -> dict[str, str] | None:
         return headers
 
-    def chunk_fields(self) -> dict[str, Any]:
-        """Fields every stream chunk carries but the usage chunk."""
-        return {}
-
     def error_status(self, error: QfserveError) -> int:
         return error.http_status
 
@@ -135,7 +131,6 @@ class OpenAIShape:
             "created": int(time.time()),
             "model": model,
             "choices": [{**choice, **self.choice_flags(ending, refused, streamed=True)}],
-            **self.chunk_fields(),
         }
         return sse(body)
 

@@ -21,7 +21,7 @@ from qfserve.api.openai.protocol import (
 from qfserve.api.openai.render import OPENAI
 from qfserve.chat.conversation import Message
 from qfserve.chat.params import OPENAI as OPENAI_RULES
-from qfserve.chat.params import RequestedSampling
+from qfserve.chat.params import DialectRules, RequestedSampling
 from qfserve.config import Settings
 from qfserve.errors import RuleViolation
 from qfserve.serving.pipeline import ChatPipeline
@@ -44,21 +44,8 @@ def build_routes(settings: Settings, pipeline: ChatPipeline, gate: AccessGate) -
 
         def parse() -> ChatRequest:
             body = parse_json(raw, ChatCompletionRequest)
-            if body.n not in (None, 1):
-                raise RuleViolation("only n=1 is supported")
             system, messages = conversation(body.messages)
-            return ChatRequest(
-                body.model,
-                messages,
-                system,
-                sampling(body),
-                OPENAI_RULES,
-                stream=body.stream,
-                user_id=body.user,
-                include_usage=bool(body.stream_options and body.stream_options.include_usage),
-                output_format=output_format(body.response_format),
-                tools=offered_tools(body.tools, body.tool_choice),
-            )
+            return chat_request(body, system, messages, sampling(body), OPENAI_RULES)
 
         return OPENAI.render(await run_chat(request, pipeline, bearer_credentials(request), parse))
 
@@ -69,10 +56,37 @@ def build_routes(settings: Settings, pipeline: ChatPipeline, gate: AccessGate) -
 
 
 def bearer_credentials(request: Request) -> Credentials:
-    authorization = request.headers.get("authorization", "")
-    scheme, _, value = authorization.partition(" ")
-    bearer = value.strip() if scheme.lower() == "bearer" else None
-    return Credentials(access_token=None, bearer=bearer or None)
+    return Credentials(access_token=None, bearer=bearer(request))
+
+
+def bearer(request: Request) -> str | None:
+    """The credential of `Authorization: Bearer ...`, if that is what the request carries."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return (value.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def chat_request(
+    body: ChatCompletionRequest,
+    system: str | None,
+    messages: list[Message],
+    asked: RequestedSampling,
+    rules: DialectRules,
+) -> ChatRequest:
+    """An OpenAI-shaped body (OpenAI's own, or Qianfan V2's) as the pipeline's request."""
+    if body.n not in (None, 1):
+        raise RuleViolation("only n=1 is supported")
+    return ChatRequest(
+        body.model,
+        messages,
+        system,
+        asked,
+        rules,
+        stream=body.stream,
+        user_id=body.user,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        output_format=output_format(body.response_format),
+        tools=offered_tools(body.tools, body.tool_choice),
+    )
 
 
 def conversation(messages: list[ChatMessage]) -> tuple[str | None, list[Message]]:

@@ -71,9 +71,6 @@ class QianfanV2Shape(OpenAIShape):
             return {"flag": 4 if streamed else 3, "ban_round": -1}
         return {"flag": 0, "ban_round": -1}
 
-    def chunk_fields(self) -> dict[str, Any]:
-        return {"usage": None}  # the spec: null but in the last chunk of `include_usage`
-
     def usage(self, usage: Usage) -> dict[str, Any]:
         return {
             **super().usage(usage),

@@ -5,6 +5,7 @@ handler."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,7 +13,8 @@ from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import AccessGate, Credentials
 from qfserve.api.calls import parse_json, read_body, run_chat
-from qfserve.api.openai.routes import offered_tools, output_format
+from qfserve.api.openai.routes import bearer, chat_request
+from qfserve.api.openai.routes import sampling as openai_sampling
 from qfserve.api.qianfan_v2.protocol import ChatCompletionRequest, V2Message
 from qfserve.api.qianfan_v2.render import QIANFAN_V2
 from qfserve.chat.conversation import Message
@@ -51,18 +53,7 @@ def build_routes(
         def parse() -> ChatRequest:
             body = parse_json(raw, ChatCompletionRequest)
             system, messages = conversation(body.messages)
-            return ChatRequest(
-                body.model,
-                messages,
-                system,
-                sampling(body),
-                V2_RULES,
-                stream=body.stream,
-                user_id=body.user,
-                include_usage=bool(body.stream_options and body.stream_options.include_usage),
-                output_format=output_format(body.response_format),
-                tools=offered_tools(body.tools, body.tool_choice),
-            )
+            return chat_request(body, system, messages, sampling(body), V2_RULES)
 
         outcome = await run_chat(request, pipeline, credentials(request), parse)
         return QIANFAN_V2.render(outcome)
@@ -75,11 +66,8 @@ def build_routes(
 
 def credentials(request: Request) -> Credentials:
     """A V2 API key or bearer token, and the `appid` header naming the app it must belong to."""
-    authorization = request.headers.get("authorization", "")
-    scheme, _, value = authorization.partition(" ")
-    bearer = value.strip() if scheme.lower() == "bearer" else None
     return Credentials(
-        access_token=None, bearer=bearer or None, app_id_header=request.headers.get("appid")
+        access_token=None, bearer=bearer(request), app_id_header=request.headers.get("appid")
     )
 
 
@@ -98,12 +86,8 @@ def conversation(messages: list[V2Message]) -> tuple[str | None, list[Message]]:
 
 
 def sampling(body: ChatCompletionRequest) -> RequestedSampling:
-    penalty = body.penalty_score if body.penalty_score is not None else body.repetition_penalty
-    return RequestedSampling(
-        temperature=body.temperature,
-        top_p=body.top_p,
-        penalty_score=penalty,
-        stop=body.stop,
-        max_output_tokens=body.max_completion_tokens or body.max_tokens,
-        seed=body.seed,
-    )
+    """OpenAI's fields, and Qianfan's `penalty_score` before the `repetition_penalty` extension."""
+    asked = openai_sampling(body)
+    if body.penalty_score is None:
+        return asked
+    return replace(asked, penalty_score=body.penalty_score)
