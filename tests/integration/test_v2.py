@@ -181,6 +181,10 @@ def test_errors_are_openai_exceptions(server: Server, client: openai.OpenAI) -> 
             model=MODEL, messages=HI, max_tokens=4, response_format={"type": "json_object"}
         )
     assert json_mode.value.status_code == 400 and json_mode.value.code == "invalid_argument"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": ""}])
+    assert empty.value.code == "invalid_messages"
+
     body = json_mode.value.response.json()
     assert body["id"].startswith("as-") and body["error"]["type"]
     assert "json" in body["error"]["message"].lower()
