@@ -85,6 +85,7 @@ def test_models_lists_the_endpoint(client: openai.OpenAI) -> None:
     models = {m.id: m for m in client.models.list()}
     assert MODEL in models
     assert models[MODEL].object == "model" and models[MODEL].owned_by
+    assert extras(models[MODEL])["context_length"] > 0  # the embedded engine knows it
 
 
 def test_plain_answer(client: openai.OpenAI) -> None:
@@ -277,6 +278,7 @@ def test_second_turn_reports_cached_tokens(client: openai.OpenAI) -> None:
 # --- quotas --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rpm_quota_is_429_with_v2_headers(server: Server) -> None:
     app_id, key = new_app(server, "v2-rpm")
     cli(server, "app", "quota", app_id, "--rpm", "1")
