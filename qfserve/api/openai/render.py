@@ -38,8 +38,6 @@ class OpenAIShape:
     """How one OpenAI-shaped dialect renders outcomes and errors. The hooks are what differs."""
 
     id_prefix = "chatcmpl-"
-    # Every chunk but the usage chunk says `"usage": null`, rather than leaving the field out.
-    null_usage_in_chunks = False
 
     def response_id(self, request_id: str) -> str:
         return self.id_prefix + secrets.token_hex(12)
@@ -134,8 +132,6 @@ class OpenAIShape:
             "model": model,
             "choices": [{**choice, **self.choice_flags(ending, refused, streamed=True)}],
         }
-        if self.null_usage_in_chunks:
-            body["usage"] = None
         return sse(body)
 
     def usage_chunk(self, response_id: str, model: str, usage: Usage) -> bytes:

@@ -59,8 +59,6 @@ _HEADERS = {
 
 
 class QianfanV2Shape(OpenAIShape):
-    null_usage_in_chunks = True
-
     def response_id(self, request_id: str) -> str:
         return request_id  # `as-...`, as Qianfan's
 
