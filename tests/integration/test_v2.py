@@ -135,8 +135,9 @@ def test_streaming_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_stream_on_the_wire_ends_with_done(server: Server, v2_app: tuple[str, str]) -> None:
-    """The events as Qianfan sends them: `usage` null on every chunk but the last, then
-    `data: [DONE]`."""
+    """The events as Qianfan sends them, then `data: [DONE]`. Only the usage chunk has a `usage`
+    field: the qianfan SDK's async stream calls `.get` on `body.get("usage", {})` of every chunk,
+    so `"usage": null` would crash it."""
     reply = requests.post(
         f"{server.url}/v2/chat/completions",
         json={
@@ -156,7 +157,7 @@ def test_stream_on_the_wire_ends_with_done(server: Server, v2_app: tuple[str, st
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(line[6:]) for line in lines[:-1]]
-    assert all("usage" in e and e["usage"] is None for e in events[:-1])
+    assert all("usage" not in e for e in events[:-1])
     assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] > 0
 
 
@@ -313,7 +314,7 @@ def test_rpm_quota_is_429_with_v2_headers(server: Server) -> None:
 # Run in a child process: the SDK reads its configuration from the environment once, and keeps
 # credentials and tokens in process-wide managers.
 SDK_DRIVER = r"""
-import json, sys
+import asyncio, json, sys
 import qianfan
 
 how, out = sys.argv[1], {}
@@ -324,6 +325,14 @@ try:
         plain = chat.do(messages=messages, max_tokens=8, temperature=0.01)
         parts = list(chat.do(messages=messages, max_tokens=8, stream=True))
         out = {"plain": plain.body, "parts": [p.body for p in parts]}
+
+        async def streamed():
+            parts = await chat.ado(
+                messages=messages, max_tokens=8, stream=True, stream_options={"include_usage": True}
+            )
+            return [p.body async for p in parts]
+
+        out["async_parts"] = asyncio.run(streamed())
     else:
         client = qianfan.Qianfan()
         create = client.chat.completions.create
@@ -364,14 +373,20 @@ def check_sdk_answers(answers: dict[str, Any]) -> None:
     (choice,) = plain["choices"]
     assert choice["message"]["content"] and choice["flag"] == 0
     assert plain["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
-    parts = answers["parts"]
+    check_sdk_stream(answers["parts"])
+    if "async_parts" in answers:  # the SDK's async stream parses each chunk its own way
+        check_sdk_stream(answers["async_parts"])
+        assert answers["async_parts"][-1]["usage"]["completion_tokens"] > 0
+    assert answers["error"]["status"] == 400 and "invalid_model" in answers["error"]["says"]
+
+
+def check_sdk_stream(parts: list[dict[str, Any]]) -> None:
     text = "".join(c["delta"].get("content") or "" for p in parts for c in p["choices"])
     assert text.strip()
     assert [c["finish_reason"] for p in parts for c in p["choices"] if c["finish_reason"]] in (
         ["stop"],
         ["length"],
     )
-    assert answers["error"]["status"] == 400 and "invalid_model" in answers["error"]["says"]
 
 
 @pytest.mark.slow
