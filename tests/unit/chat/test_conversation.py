@@ -18,7 +18,7 @@ from qfserve.chat.conversation import (
 )
 from qfserve.chat.template import ChatTemplate
 from qfserve.engines.base import EngineInfo
-from qfserve.errors import RuleViolation
+from qfserve.errors import InvalidMessages, RuleViolation
 
 
 def turns(*contents: str) -> list[Message]:
@@ -50,6 +50,12 @@ def test_rules(messages: list[Message], reason: str) -> None:
     with pytest.raises(RuleViolation, match=reason) as raised:
         check(messages)
     assert raised.value.code == 336003
+
+
+def test_an_empty_content_is_a_fault_of_the_messages_not_of_their_length() -> None:
+    with pytest.raises(InvalidMessages) as raised:
+        check(turns("a", " ", "c"))
+    assert raised.value.v2_code == "invalid_messages"
 
 
 def test_the_message_count_is_checked_before_anything_else() -> None:
