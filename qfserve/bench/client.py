@@ -125,8 +125,10 @@ class RequestRecord:
     start_s: float = 0.0
     e2e_s: float = 0.0
     first_event_s: float | None = None
-    # The first event carrying answer text, as it arrived: a Qianfan segment is not backdated.
+    # The first event carrying answer text, as it arrived (a Qianfan segment is not backdated),
+    # and that text.
     first_text_s: float | None = None
+    first_text: str = ""
     token_times: list[float] = field(default_factory=list)
     output_tokens: int = 0
     prompt_tokens: int | None = None
@@ -230,7 +232,7 @@ async def _read_qianfan(response: httpx.Response, record: RequestRecord, began: 
         if record.first_event_s is None:
             record.first_event_s = now
         if event.text and record.first_text_s is None:
-            record.first_text_s = now
+            record.first_text_s, record.first_text = now, event.text
         events.append((now, event.completion_tokens))
         parts.append(event.text)
         last = event
@@ -269,7 +271,7 @@ async def _read_openai(response: httpx.Response, record: RequestRecord, began: f
             record.first_event_s = now
         if chunk.text:
             if record.first_text_s is None:
-                record.first_text_s = now
+                record.first_text_s, record.first_text = now, chunk.text
             record.token_times.append(now)
             parts.append(chunk.text)
         record.finish = chunk.finish_reason or record.finish

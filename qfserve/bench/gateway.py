@@ -53,7 +53,12 @@ from qfserve.bench.stats import distribution, percentile
 
 TARGET_MS = 2.0
 # Asked of every upstream by every request; the bundled model answers it from its prompt cache.
-QUESTION = "What is the capital of France?"
+# Its answer must not start like a term of the safety lists: qfserve holds an answer's text back
+# while a listed term could still complete, which is the guard's job, not a gateway cost. Asked
+# "What is the capital of France?", the model answers "L'..." (as "lsd..." could) and each first
+# token came out a token or two late through qfserve. Pairs where it happens are counted
+# (`held_back`).
+QUESTION = "What color is the sky?"
 UPSTREAM_THREADS = 1
 # qfserve's dialects, by the names `--dialects` takes, and how the report calls them.
 DIALECTS: dict[str, Dialect] = {
@@ -216,6 +221,8 @@ class _Tally:
     via: list[float]
     paired: list[float]  # via minus direct, for the same question
     errors: list[str]
+    # Pairs whose first text through qfserve was longer than directly: text held back.
+    held_back: int = 0
 
 
 async def _pairs(
@@ -231,6 +238,7 @@ async def _pairs(
         for target in (direct, *vias.values()):  # warm up: first requests pay for lazy set-up
             await stream_chat(client, target, messages, sampling)
         pair: dict[bool, float] = {}
+        first_text: dict[bool, str] = {}
         for position, (index, dialect, is_direct) in enumerate(schedule(pairs, list(vias))):
             tally = tallies[dialect]
             record = await stream_chat(
@@ -240,16 +248,23 @@ async def _pairs(
                 tally.errors.append(record.error or "no answer text")
             else:
                 pair[is_direct] = record.first_text_s * 1000
+                first_text[is_direct] = record.first_text
                 (tally.direct if is_direct else tally.via).append(pair[is_direct])
             if position % 2 == 1:  # the pair's second request
                 if len(pair) == 2:
                     tally.paired.append(pair[False] - pair[True])
-                pair = {}
+                    tally.held_back += held_back(first_text[True], first_text[False])
+                pair, first_text = {}, {}
                 console.print(f"gateway, {direct.name}: {index + 1}/{pairs}", end="\r")
     return {
         dialect: summary(tally, direct.name, vias[dialect].name, pairs)
         for dialect, tally in tallies.items()
     }
+
+
+def held_back(direct_text: str, via_text: str) -> bool:
+    """The through path's first event carried more than the upstream's first token."""
+    return len(via_text) > len(direct_text) and via_text.startswith(direct_text)
 
 
 def summary(tally: _Tally, direct_name: str, via_name: str, pairs: int) -> dict[str, Any]:
@@ -263,6 +278,7 @@ def summary(tally: _Tally, direct_name: str, via_name: str, pairs: int) -> dict[
         "paired_differences_ms": distribution(tally.paired),
         "paired_spread_ms": [percentile(tally.paired, 5), percentile(tally.paired, 95)],
         "met": added is not None and added < TARGET_MS,
+        "held_back": tally.held_back,
         "errors": len(tally.errors),
         "first_errors": sorted(set(tally.errors))[:3],
     }

@@ -43,9 +43,9 @@ def overhead_rows(results: dict[str, Any]) -> list[str]:
     """One row per section and dialect: pairs measured, the median added, the spread, met."""
     target = results["target_ms"]
     rows = [
-        "| upstream | dialect | pairs | errors | qfserve adds, ms (median of pairs) "
-        f"| p5 | p95 | under {target:g} ms |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| upstream | dialect | pairs | errors | first text held back "
+        f"| qfserve adds, ms (median of pairs) | p5 | p95 | under {target:g} ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for key in SECTIONS:
         section = results.get(key)
@@ -57,7 +57,7 @@ def overhead_rows(results: dict[str, Any]) -> list[str]:
             verdict = "n/a" if added is None else ("met" if part["met"] else "**not met**")
             rows.append(
                 f"| {_section_name(key, results)} | {DIALECT_LABELS.get(dialect, dialect)} "
-                f"| {part['paired_differences_ms']['n']} | {part['errors']} "
+                f"| {part['paired_differences_ms']['n']} | {part['errors']} | {part['held_back']} "
                 f"| {_ms(added, 2)} | {_ms(low)} | {_ms(high)} | {verdict} |"
             )
     return rows
@@ -117,7 +117,10 @@ def report(results: dict[str, Any], *, command: str = "", json_name: str = "") -
             "cores",
             "- time to first token: the first event carrying answer text. qfserve's V1 stream "
             f"is set to send every token as its own event ({v1_settings}), so that its first "
-            "event is its first token, not its first sentence",
+            'event is its first token, not its first sentence. "First text held back": pairs '
+            "whose first event through qfserve carried more than the upstream's first token "
+            "(the safety guard holds text back while a listed term could still complete); "
+            "they measure the answer, not the gateway",
             "- upstreams:",
             *sections,
             *([f"- command: `{command}`"] if command else []),

@@ -87,5 +87,5 @@ def test_tiny_gateway_bench(tmp_path: Path) -> None:
             part = results[section]["dialects"][dialect]
             assert part["errors"] == 0, (section, dialect, part["first_errors"])
             assert part["paired_differences_ms"]["n"] == expected, (section, dialect)
-            assert part["added_ms_p50"] is not None
+            assert part["added_ms_p50"] is not None and part["held_back"] == 0
     assert "| pausing 100 ms | Qianfan V2 | 2 | 0 |" in text

@@ -22,6 +22,7 @@ from qfserve.bench.gateway import (
     V1_STREAM,
     GatewayKeys,
     _Tally,
+    held_back,
     remote_endpoint,
     schedule,
     stream_settings,
@@ -146,7 +147,7 @@ def test_v1_first_token_is_the_first_event_with_text_not_backdated() -> None:
     target = through(_gateway(), "via", "instant", dialect="v1", keys=KEYS)
     record = _read(target, body, check)
     assert record.ok and record.text == "Paris is the capital."
-    assert (record.first_event_s, record.first_text_s) == (1.0, 2.0)
+    assert (record.first_event_s, record.first_text_s, record.first_text) == (1.0, 2.0, "Paris")
 
 
 def _chunk(delta: dict[str, str], **extra: Any) -> str:
@@ -171,7 +172,7 @@ def test_openai_shaped_first_token_is_the_first_content_chunk(dialect: str, key:
 
     record = _read(through(_gateway(), "via", "instant", dialect=dialect, keys=KEYS), body, check)
     assert record.ok and record.text == "Paris is" and record.output_tokens == 2
-    assert (record.first_event_s, record.first_text_s) == (1.0, 2.0)
+    assert (record.first_event_s, record.first_text_s, record.first_text) == (1.0, 2.0, "Paris")
 
 
 def test_an_error_answer_has_no_first_token() -> None:
@@ -186,6 +187,12 @@ def test_an_error_answer_has_no_first_token() -> None:
 
     record = asyncio.run(run())
     assert record.first_text_s is None and "401" in (record.error or "")
+
+
+def test_text_held_back_is_told_apart() -> None:
+    # Through qfserve the safety guard held "L" until "'" showed no listed term was coming.
+    assert held_back("L", "L'")
+    assert not held_back("The", "The") and not held_back("The", "A") and not held_back("", "")
 
 
 # ---- the pairs
@@ -271,8 +278,8 @@ def test_v1_default_stream_settings_wait_for_a_sentence(tmp_path: Path) -> None:
 # ---- the report
 
 
-def _part(paired: list[float], *, errors: list[str] | None = None) -> dict[str, Any]:
-    tally = _Tally([10.0] * len(paired), [10.0 + p for p in paired], paired, errors or [])
+def _part(paired: list[float], *, errors: list[str] | None = None, held: int = 0) -> dict[str, Any]:
+    tally = _Tally([10.0] * len(paired), [10.0 + p for p in paired], paired, errors or [], held)
     return summary(tally, "instant upstream", "qfserve V1 -> instant upstream", len(paired))
 
 
@@ -289,7 +296,7 @@ def _results() -> dict[str, Any]:
     return {
         "machine": machine,
         "max_tokens": 4,
-        "question": "What is the capital of France?",
+        "question": "What color is the sky?",
         "upstream_threads": 1,
         "target_ms": 2.0,
         "dialects": ["v1", "v2"],
@@ -300,7 +307,7 @@ def _results() -> dict[str, Any]:
             "pairs": 5,
             "dialects": {
                 "v1": _part([0.5, 0.75, 1.0, 1.25, 1.5]),
-                "v2": _part([2.0, 2.5, 3.0, 3.5], errors=["HTTP 500: boom"]),
+                "v2": _part([2.0, 2.5, 3.0, 3.5], errors=["HTTP 500: boom"], held=2),
             },
         },
         "pausing_upstream": {
@@ -314,10 +321,10 @@ def _results() -> dict[str, Any]:
 def test_one_row_per_upstream_and_dialect() -> None:
     rows = overhead_rows(_results())
     assert rows[2:] == [
-        "| instant | Qianfan V1 | 5 | 0 | 1.00 | 0.6 | 1.4 | met |",
-        "| instant | Qianfan V2 | 4 | 1 | 2.75 | 2.1 | 3.4 | **not met** |",
-        "| pausing 100 ms | Qianfan V1 | 0 | 0 | n/a | n/a | n/a | n/a |",
-        "| pausing 100 ms | Qianfan V2 | 1 | 0 | 1.00 | 1.0 | 1.0 | met |",
+        "| instant | Qianfan V1 | 5 | 0 | 0 | 1.00 | 0.6 | 1.4 | met |",
+        "| instant | Qianfan V2 | 4 | 1 | 2 | 2.75 | 2.1 | 3.4 | **not met** |",
+        "| pausing 100 ms | Qianfan V1 | 0 | 0 | 0 | n/a | n/a | n/a | n/a |",
+        "| pausing 100 ms | Qianfan V2 | 1 | 0 | 0 | 1.00 | 1.0 | 1.0 | met |",
     ]
     assert "| instant | Qianfan V1 | qfserve V1 -> instant upstream | 5 | 11.0 |" in "\n".join(
         ttft_rows(_results())
