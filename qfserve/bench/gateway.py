@@ -31,6 +31,7 @@ The target: qfserve adds under 2 ms to the median time to first token, in every 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -136,8 +137,15 @@ async def run_gateway(
                 )
                 for dialect in dialects
             }  # fmt: skip
+            began = time.monotonic()
             by_dialect = await _pairs(direct, vias, pairs, sampling, console)
-            measured[key] = {"upstream": direct.name, "pairs": pairs, "dialects": by_dialect}
+            measured[key] = {
+                "upstream": direct.name,
+                "pairs": pairs,
+                # What the section took, to size its pairs against the run's length.
+                "seconds": round(time.monotonic() - began, 1),
+                "dialects": by_dialect,
+            }
     return {
         "machine": machine(),
         "max_tokens": sampling.max_tokens,
