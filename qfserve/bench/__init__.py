@@ -2,11 +2,13 @@
 
 Modules, by role:
 - workload: the prompts and conversations shipped in `bench/`;
-- sse, client: one streaming request in either dialect, timed token by token;
+- sse, client: one streaming request in any dialect, timed token by token;
 - runner, memory: N requests at concurrency C, with the server's peak RSS sampled meanwhile;
 - scenarios: the performance targets beyond plain load (conversations, disconnects);
 - baseline: llama-cpp-python generating in-process, without HTTP, in a subprocess;
 - peers: starting and stopping qfserve and `llama_cpp.server` on the same model;
 - stats, report: percentiles, throughput, targets, JSON and markdown;
+- gateway, gateway_report, instant_upstream: what qfserve adds to time to first token in front
+  of an upstream, in each dialect;
 - cli: the `qfserve bench` command.
 """

@@ -134,11 +134,18 @@ def bench(
     gateway: Annotated[
         bool,
         typer.Option(
-            help="Only measure what qfserve adds to time to first token in front of an upstream "
-            "(--requests pairs in front of an upstream pausing 100 ms, default 400; 4 x as many "
-            "in front of the model and of an upstream that answers at once)."
+            help="Only measure what qfserve adds to time to first token in front of an upstream, "
+            "in each of --dialects (--requests pairs per dialect in front of an upstream pausing "
+            "100 ms, default 200; 4 x as many in front of the model and of an upstream that "
+            "answers at once)."
         ),
     ] = False,
+    dialects: Annotated[
+        str,
+        typer.Option(
+            metavar="LIST", help="With --gateway: qfserve's dialects to measure, comma-separated."
+        ),
+    ] = "v1,openai,v2",
 ) -> None:
     """Measure the throughput and latency of qfserve and OpenAI-compatible servers.
 
@@ -157,7 +164,7 @@ def bench(
 
     console = Console(stderr=True)
     if gateway:
-        _gateway(model, threads, requests, max_tokens, temperature, seed, output, console)
+        _gateway(model, threads, requests, max_tokens, temperature, seed, output, dialects, console)
         return
     if standard and url:
         raise typer.BadParameter("--standard starts its own qfserve: give it or --url, not both")
@@ -206,28 +213,43 @@ def _gateway(
     temperature: float,
     seed: int,
     output: Path | None,
+    dialects: str,
     console: Any,
 ) -> None:
     import asyncio
 
     from qfserve.bench.client import Sampling
-    from qfserve.bench.gateway import report, run_gateway
+    from qfserve.bench.gateway import DEFAULT_PAIRS, DIALECTS, run_gateway
+    from qfserve.bench.gateway_report import report, write
     from qfserve.config import EngineSettings
     from qfserve.engines.registry import bundled_model_path
 
-    results = asyncio.run(
-        run_gateway(
-            model=model or bundled_model_path(),
-            threads=threads or EngineSettings().n_threads,
-            requests=requests or 400,
-            sampling=Sampling(max_tokens=min(max_tokens, 4), temperature=temperature, seed=seed),
-            console=console,
+    chosen = list(dict.fromkeys(d.strip() for d in dialects.split(",") if d.strip()))
+    if not chosen or any(d not in DIALECTS for d in chosen):
+        raise typer.BadParameter(f"--dialects: choose among {', '.join(DIALECTS)}")
+    if requests is not None and requests < 1:
+        raise typer.BadParameter("--requests must be positive")
+    try:
+        results = asyncio.run(
+            run_gateway(
+                model=model or bundled_model_path(),
+                threads=threads or EngineSettings().n_threads,
+                requests=requests or DEFAULT_PAIRS,
+                sampling=Sampling(
+                    max_tokens=min(max_tokens, 4), temperature=temperature, seed=seed
+                ),
+                console=console,
+                dialects=chosen,
+            )
         )
-    )
-    text = report(results)
-    if output is not None:
-        output.write_text(text)
-    typer.echo(text.split("```json")[0])
+    except (RuntimeError, OSError, ValueError) as exc:
+        console.print(f"[red]bench failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if output is None:
+        text = report(results, command=_command_line())
+    else:
+        text = write(results, output, _command_line())
+    typer.echo(text)
 
 
 def _command_line() -> str:

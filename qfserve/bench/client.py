@@ -19,6 +19,7 @@ import httpx
 from qfserve.bench import sse
 
 QIANFAN_CHAT = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
+QIANFAN_V2_CHAT = "/v2/chat/completions"
 # Long enough for a request that waits behind seven others on a server that runs one at a time.
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
@@ -26,6 +27,8 @@ TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 class Dialect(StrEnum):
     QIANFAN = "qianfan"
     OPENAI = "openai"
+    # OpenAI-shaped, at `/v2/chat/completions`, with a `bce-v3/ALTAK-...` Bearer key.
+    QIANFAN_V2 = "qianfan_v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class Target:
         base = self.base_url.rstrip("/")
         if self.dialect is Dialect.QIANFAN:
             return f"{base}{QIANFAN_CHAT}{self.endpoint}"
+        if self.dialect is Dialect.QIANFAN_V2:
+            return f"{base}{QIANFAN_V2_CHAT}"
         return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
 
     def params(self) -> dict[str, str]:
@@ -52,7 +57,7 @@ class Target:
         return {}
 
     def headers(self) -> dict[str, str]:
-        if self.dialect is Dialect.OPENAI and self.api_key:
+        if self.dialect is not Dialect.QIANFAN and self.api_key:
             return {"Authorization": f"Bearer {self.api_key}"}
         return {}
 
@@ -83,6 +88,19 @@ def request_body(
             "max_output_tokens": sampling.max_tokens,
             "seed": sampling.seed,
         }
+    if target.dialect is Dialect.QIANFAN_V2:
+        # V2 has no top_k; penalty_score 1.0 is no repeat penalty, as on the other two.
+        return {
+            "model": target.endpoint,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "penalty_score": 1.0,
+            "seed": sampling.seed,
+        }
     return {
         "model": target.endpoint,
         "messages": messages,
@@ -107,6 +125,10 @@ class RequestRecord:
     start_s: float = 0.0
     e2e_s: float = 0.0
     first_event_s: float | None = None
+    # The first event carrying answer text, as it arrived (a Qianfan segment is not backdated),
+    # and that text.
+    first_text_s: float | None = None
+    first_text: str = ""
     token_times: list[float] = field(default_factory=list)
     output_tokens: int = 0
     prompt_tokens: int | None = None
@@ -209,6 +231,8 @@ async def _read_qianfan(response: httpx.Response, record: RequestRecord, began: 
             break
         if record.first_event_s is None:
             record.first_event_s = now
+        if event.text and record.first_text_s is None:
+            record.first_text_s, record.first_text = now, event.text
         events.append((now, event.completion_tokens))
         parts.append(event.text)
         last = event
@@ -246,6 +270,8 @@ async def _read_openai(response: httpx.Response, record: RequestRecord, began: f
         if record.first_event_s is None:
             record.first_event_s = now
         if chunk.text:
+            if record.first_text_s is None:
+                record.first_text_s, record.first_text = now, chunk.text
             record.token_times.append(now)
             parts.append(chunk.text)
         record.finish = chunk.finish_reason or record.finish

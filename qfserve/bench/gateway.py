@@ -1,4 +1,5 @@
-"""What the gateway adds: time to first token of an upstream, directly and through qfserve.
+"""What the gateway adds: time to first token of an upstream, directly and through qfserve, in
+each of qfserve's dialects.
 
 Three upstreams, each a remote endpoint of one qfserve:
 - llama-cpp-python's OpenAI server on the bundled model: what the target is about, a real model
@@ -18,16 +19,22 @@ Three upstreams, each a remote endpoint of one qfserve:
   long prefill's wait without its jitter. qfserve then passes the first token on after sitting
   idle, with cold caches, which costs it more than back to back.
 
-Each pair asks the same question on the same OpenAI route (streaming), one request at a time,
-alternating which path goes first, so the two series of a pair see the same machine. The
-target: qfserve adds under 2 ms to the median time to first token.
+In front of each, every dialect of qfserve (`DIALECTS`) is paired with the upstream asked
+directly on its OpenAI route: the same question, streaming, one request at a time, alternating
+which path of a pair goes first; the dialects take turns pair by pair, so that the machine's
+drift over the run falls on all of them alike. A Qianfan V1 stream carries sentence segments;
+the qfserve under test is set to send each token as its own event (`V1_STREAM`), so that V1's
+first event is its first token. Time to first token is the first event carrying answer text.
+The target: qfserve adds under 2 ms to the median time to first token, in every dialect.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
+import time
+from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ from rich.console import Console
 from qfserve.bench.client import Dialect, Sampling, Target, stream_chat
 from qfserve.bench.peers import (
     Peer,
+    qfserve_cli,
     start_instant_upstream,
     start_llama_cpp_server,
     start_qfserve,
@@ -46,18 +54,51 @@ from qfserve.bench.stats import distribution, percentile
 
 TARGET_MS = 2.0
 # Asked of every upstream by every request; the bundled model answers it from its prompt cache.
-QUESTION = "What is the capital of France?"
+# Its answer must not start like a term of the safety lists: qfserve holds an answer's text back
+# while a listed term could still complete, which is the guard's job, not a gateway cost. Asked
+# "What is the capital of France?", the model answers "L'..." (as "lsd..." could) and each first
+# token came out a token or two late through qfserve. Pairs where it happens are counted
+# (`held_back`).
+QUESTION = "What color is the sky?"
 UPSTREAM_THREADS = 1
-# Pairs in front of the model and of the instant upstream per pair in front of the pausing one.
-# The model's own jitter (paired differences spread over about 10 ms) needs them: at 400 pairs,
-# two runs one commit apart read 2.17 and 2.58 ms, where the commit measured -0.05 ms in a
-# paired A/B. The instant upstream's pairs take milliseconds.
+# qfserve's dialects, by the names `--dialects` takes, and how the report calls them.
+DIALECTS: dict[str, Dialect] = {
+    "v1": Dialect.QIANFAN,
+    "openai": Dialect.OPENAI,
+    "v2": Dialect.QIANFAN_V2,
+}
+DIALECT_LABELS = {"v1": "Qianfan V1", "openai": "OpenAI", "v2": "Qianfan V2"}
+# Pairs per dialect in front of the pausing upstream; 4 x as many in front of the model and of
+# the instant upstream (`FAST_FACTOR`).
+DEFAULT_PAIRS = 200
+# The model's paired differences spread over about 9 ms (p5-p95) and the instant upstream's
+# over about 1.3; the pausing upstream's over about 3 ms, at 200 ms a pair. The model's pairs
+# take most of the run's time.
 FAST_FACTOR = 4
 PAUSE_SECONDS = 0.1
+# Every token its own V1 event: a segment is cut at one token and sent at once, not held for the
+# next delta (`serving.chat._SegmentStream` flushes a held segment after `max_segment_seconds`).
+V1_STREAM = {"min_segment_chars": 1, "max_segment_tokens": 1, "max_segment_seconds": 0.0}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayKeys:
+    """The credential of each dialect, for the app the bench made: V1's access token, an OpenAI
+    app key (`sk-qf-...`), a V2 API key (`bce-v3/ALTAK-...`)."""
+
+    access_token: str
+    app_key: str
+    v2_key: str
 
 
 async def run_gateway(
-    *, model: Path, threads: int, requests: int, sampling: Sampling, console: Console
+    *,
+    model: Path,
+    threads: int,
+    requests: int,
+    sampling: Sampling,
+    console: Console,
+    dialects: Sequence[str] = tuple(DIALECTS),
 ) -> dict[str, Any]:
     # Each server is stopped on the way out, in reverse order, whatever fails after it started.
     with tempfile.TemporaryDirectory(prefix="qfserve-gateway-") as folder, ExitStack() as stops:
@@ -72,7 +113,8 @@ async def run_gateway(
         stops.callback(pausing.stop)
         config = workdir / "gateway.toml"
         config.write_text(
-            remote_endpoint("llama_2_7b", "llama_2_7b", upstream.target.base_url)
+            stream_settings(V1_STREAM)
+            + remote_endpoint("llama_2_7b", "llama_2_7b", upstream.target.base_url)
             + remote_endpoint("instant", "instant", instant.target.base_url)
             + remote_endpoint("pausing", "instant", pausing.target.base_url)
         )
@@ -80,23 +122,47 @@ async def run_gateway(
             model=None, threads=threads, workdir=workdir / "gateway", config=config
         )
         stops.callback(gateway.stop)
-        via_model = through(gateway, "qfserve -> llama_cpp.server", "llama_2_7b")
-        via_instant = through(gateway, "qfserve -> instant upstream", "instant")
-        via_pausing = through(gateway, f"qfserve -> {pausing.target.name}", "pausing")
-        real = await _pairs(upstream.target, via_model, requests * FAST_FACTOR, sampling, console)
-        bare = await _pairs(instant.target, via_instant, requests * FAST_FACTOR, sampling, console)
-        paused = await _pairs(pausing.target, via_pausing, requests, sampling, console)
+        keys = await gateway_keys(gateway)
+        sections = {
+            "model_upstream": (upstream.target, "llama_2_7b", requests * FAST_FACTOR),
+            "instant_upstream": (instant.target, "instant", requests * FAST_FACTOR),
+            "pausing_upstream": (pausing.target, "pausing", requests),
+        }
+        measured: dict[str, Any] = {}
+        for key, (direct, endpoint, pairs) in sections.items():
+            vias = {
+                dialect: through(
+                    gateway, f"qfserve {DIALECT_LABELS[dialect]} -> {direct.name}", endpoint,
+                    dialect=dialect, keys=keys,
+                )
+                for dialect in dialects
+            }  # fmt: skip
+            began = time.monotonic()
+            by_dialect = await _pairs(direct, vias, pairs, sampling, console)
+            measured[key] = {
+                "upstream": direct.name,
+                "pairs": pairs,
+                # What the section took, to size its pairs against the run's length.
+                "seconds": round(time.monotonic() - began, 1),
+                "dialects": by_dialect,
+            }
     return {
         "machine": machine(),
         "max_tokens": sampling.max_tokens,
         "question": QUESTION,
         "upstream_threads": UPSTREAM_THREADS,
         "target_ms": TARGET_MS,
-        "model_upstream": real,
-        "instant_upstream": bare,
+        "dialects": list(dialects),
+        "v1_stream": V1_STREAM,
         "pause_seconds": PAUSE_SECONDS,
-        "pausing_upstream": paused,
+        **measured,
     }
+
+
+def stream_settings(settings: dict[str, float]) -> str:
+    """A settings file's `[stream]` table (before any `[[endpoints]]`, which would swallow it)."""
+    lines = [f"{name} = {value}" for name, value in settings.items()]
+    return "\n".join(["[stream]", *lines, "", ""])
 
 
 def remote_endpoint(name: str, model: str, upstream_url: str) -> str:
@@ -107,116 +173,120 @@ def remote_endpoint(name: str, model: str, upstream_url: str) -> str:
     )
 
 
-def through(gateway: Peer, name: str, endpoint: str) -> Target:
-    """The streaming OpenAI route of `gateway` to `endpoint`, with the gateway's access token."""
-    return Target(
-        name, Dialect.OPENAI, gateway.target.base_url + "/v1", endpoint,
-        api_key=gateway.target.access_token,
-    )  # fmt: skip
+async def gateway_keys(gateway: Peer) -> GatewayKeys:
+    """An OpenAI app key and a V2 API key for the bench's app, made with qfserve's own CLI on
+    the gateway's store, beside the access token it was started with."""
+    token = gateway.target.access_token
+    if gateway.app_id is None or token is None:
+        raise RuntimeError("the gateway was started without an app")
+    app_id = str(gateway.app_id)
+    app_key = await qfserve_cli(gateway.env, "app", "key", "create", app_id, "--json")
+    v2_key = await qfserve_cli(gateway.env, "app", "v2-key", "create", app_id, "--json")
+    return GatewayKeys(token, str(app_key["key"]), str(v2_key["api_key"]))
 
 
-def schedule(pairs: int) -> list[tuple[int, bool]]:
-    """(pair index, direct?) for each request in order: both paths once per pair, alternating
-    which goes first, so that neither always follows the other."""
-    order: list[tuple[int, bool]] = []
+def through(
+    gateway: Peer,
+    name: str,
+    endpoint: str,
+    *,
+    dialect: str = "openai",
+    keys: GatewayKeys | None = None,
+) -> Target:
+    """`gateway`'s streaming route of `dialect` to `endpoint`, with that dialect's credential
+    from `keys`; without them, the gateway's access token (which every route accepts)."""
+    base = gateway.target.base_url
+    token = gateway.target.access_token
+    if dialect == "v1":
+        return Target(name, Dialect.QIANFAN, base, endpoint, access_token=token)
+    if dialect == "openai":
+        key = keys.app_key if keys else token
+        return Target(name, Dialect.OPENAI, base + "/v1", endpoint, api_key=key)
+    if dialect == "v2":
+        key = keys.v2_key if keys else token
+        return Target(name, Dialect.QIANFAN_V2, base, endpoint, api_key=key)
+    raise ValueError(f"unknown dialect {dialect!r}: choose among {', '.join(DIALECTS)}")
+
+
+def schedule(pairs: int, dialects: Sequence[str] = ("openai",)) -> list[tuple[int, str, bool]]:
+    """(pair index, dialect, direct?) for each request in order: the dialects take turns pair by
+    pair; each pair asks both paths once, one after the other. Which goes first alternates from
+    one pair of a dialect to its next, and from one dialect to the next, so that neither path
+    always follows the other."""
+    order: list[tuple[int, str, bool]] = []
     for index in range(pairs):
-        direct_first = index % 2 == 0
-        order += [(index, direct_first), (index, not direct_first)]
+        for turn, dialect in enumerate(dialects):
+            direct_first = (index + turn) % 2 == 0
+            order += [(index, dialect, direct_first), (index, dialect, not direct_first)]
     return order
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One dialect's requests in front of one upstream."""
+
+    direct: list[float]
+    via: list[float]
+    paired: list[float]  # via minus direct, for the same question
+    errors: list[str]
+    # Pairs whose first text through qfserve was longer than directly: text held back.
+    held_back: int = 0
 
 
 async def _pairs(
     direct: Target,
-    via: Target,
-    requests: int,
+    vias: dict[str, Target],
+    pairs: int,
     sampling: Sampling,
     console: Console,
-) -> dict[str, Any]:
-    ttft: dict[str, list[float]] = {direct.name: [], via.name: []}
-    paired: list[float] = []  # via minus direct, for the same question
-    errors: list[str] = []
+) -> dict[str, dict[str, Any]]:
+    tallies = {dialect: _Tally([], [], [], []) for dialect in vias}
     messages = [{"role": "user", "content": QUESTION}]
     async with httpx.AsyncClient() as client:
-        for target in (direct, via):  # warm up both: first requests pay for lazy set-up
+        for target in (direct, *vias.values()):  # warm up: first requests pay for lazy set-up
             await stream_chat(client, target, messages, sampling)
-        pair: dict[str, float] = {}
-        for position, (index, is_direct) in enumerate(schedule(requests)):
-            target = direct if is_direct else via
-            record = await stream_chat(client, target, messages, sampling)
-            if record.ttft_s is None:
-                errors.append(record.error or "no first token")
+        pair: dict[bool, float] = {}
+        first_text: dict[bool, str] = {}
+        for position, (index, dialect, is_direct) in enumerate(schedule(pairs, list(vias))):
+            tally = tallies[dialect]
+            record = await stream_chat(
+                client, direct if is_direct else vias[dialect], messages, sampling
+            )
+            if record.first_text_s is None:
+                tally.errors.append(record.error or "no answer text")
             else:
-                pair[target.name] = record.ttft_s * 1000
-                ttft[target.name].append(pair[target.name])
+                pair[is_direct] = record.first_text_s * 1000
+                first_text[is_direct] = record.first_text
+                (tally.direct if is_direct else tally.via).append(pair[is_direct])
             if position % 2 == 1:  # the pair's second request
                 if len(pair) == 2:
-                    paired.append(pair[via.name] - pair[direct.name])
-                pair = {}
-                console.print(f"gateway, {direct.name}: {index + 1}/{requests}", end="\r")
-    # The median of per-pair differences: the difference of the two medians would mix in how the
-    # machine's speed drifted over the run, which each pair sees on both paths alike.
-    added = distribution(paired)["p50"]
+                    tally.paired.append(pair[False] - pair[True])
+                    tally.held_back += held_back(first_text[True], first_text[False])
+                pair, first_text = {}, {}
+                console.print(f"gateway, {direct.name}: {index + 1}/{pairs}", end="\r")
     return {
-        "requests": requests,
-        "ttft_ms": {name: distribution(values) for name, values in ttft.items()},
-        "added_ms_p50": added,
-        "paired_differences_ms": distribution(paired),
-        "paired_spread_ms": [percentile(paired, 5), percentile(paired, 95)],
-        "met": added is not None and added < TARGET_MS,
-        "errors": errors,
+        dialect: summary(tally, direct.name, vias[dialect].name, pairs)
+        for dialect, tally in tallies.items()
     }
 
 
-def _section(title: str, part: dict[str, Any]) -> list[str]:
-    rows = [
-        f"| {name} | {d['n']} | {d['p50']:.1f} | {d['p95']:.1f} | {d['p99']:.1f} |"
-        for name, d in part["ttft_ms"].items()
-    ]
-    added = part["added_ms_p50"]
-    low, high = part["paired_spread_ms"]
-    verdict = "met" if part["met"] else "not met"
-    if added is None or low is None or high is None:
-        return [f"## {title}", "", f"No pair measured: {part['errors'][:3]}", ""]
-    return [
-        f"## {title}",
-        "",
-        "| path | requests | TTFT ms p50 | p95 | p99 |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"**qfserve adds {added:.2f} ms at the median of per-pair differences** "
-        f"(target: under {TARGET_MS:.0f} ms: {verdict}); the differences' p5-p95 spread is "
-        f"{low:.1f} to {high:.1f} ms.",
-        "",
-    ]
+def held_back(direct_text: str, via_text: str) -> bool:
+    """The through path's first event carried more than the upstream's first token."""
+    return len(via_text) > len(direct_text) and via_text.startswith(direct_text)
 
 
-def report(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    return "\n".join(
-        [
-            "# Gateway overhead: time to first token, upstream directly vs through qfserve",
-            "",
-            f"- date: {m['date']}; machine: {m['cpu']}, {m['logical_cores']} cores, "
-            f"{m['ram_bytes'] / 2**30:.0f} GiB, load at start {m['load_average_at_start']}; "
-            f"llama-cpp-python {m['llama_cpp_python']}, qfserve commit {m['git_commit']}",
-            "- streaming requests, one at a time, the two paths alternating which goes first; "
-            f"every request asks \"{results['question']}\" (the model answers from its prompt "
-            f"cache); llama_cpp.server on {results['upstream_threads']} thread; "
-            f"max_tokens {results['max_tokens']}; OpenAI route on both sides; upstreams, "
-            "qfserve and this client share the machine's cores",
-            "- command: `qfserve bench --gateway --output bench/GATEWAY.md`",
-            "",
-            *_section("In front of the model (llama_cpp.server, bundled model)",
-                      results["model_upstream"]),
-            *_section("In front of an upstream that answers at once: the gateway's own cost",
-                      results["instant_upstream"]),
-            *_section(f"In front of the same upstream pausing {results['pause_seconds'] * 1000:.0f}"
-                      " ms before its first token: what waiting costs one more hop",
-                      results["pausing_upstream"]),
-            "```json",
-            json.dumps(results, indent=1, default=str),
-            "```",
-            "",
-        ]
-    )  # fmt: skip
+def summary(tally: _Tally, direct_name: str, via_name: str, pairs: int) -> dict[str, Any]:
+    # The median of per-pair differences: the difference of the two medians would mix in how the
+    # machine's speed drifted over the run, which each pair sees on both paths alike.
+    added = distribution(tally.paired)["p50"]
+    return {
+        "pairs": pairs,
+        "ttft_ms": {direct_name: distribution(tally.direct), via_name: distribution(tally.via)},
+        "added_ms_p50": added,
+        "paired_differences_ms": distribution(tally.paired),
+        "paired_spread_ms": [percentile(tally.paired, 5), percentile(tally.paired, 95)],
+        "met": added is not None and added < TARGET_MS,
+        "held_back": tally.held_back,
+        "errors": len(tally.errors),
+        "first_errors": sorted(set(tally.errors))[:3],
+    }

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,9 @@ class Peer:
     process: subprocess.Popen[bytes]
     target: Target
     log: Path
+    # qfserve only: the environment its CLI needs to reach the same store, and its app.
+    env: dict[str, str] = field(default_factory=dict)
+    app_id: int | None = None
 
     async def wait_ready(self, path: str) -> None:
         url = self.target.base_url.rstrip("/") + path
@@ -132,22 +135,8 @@ async def start_qfserve(
 ) -> Peer:
     """`qfserve serve` on a fresh data directory, with an app and an access token made for it;
     `config`, a settings file (say, endpoints on remote upstreams)."""
-    data_dir = workdir / "qfserve-data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = _clean_env(
-        QFSERVE_DATA_DIR=str(data_dir),
-        QFSERVE_ENGINE__N_THREADS=str(threads),
-        QFSERVE_LOG_LEVEL="warning",
-        **({"QFSERVE_CONFIG": str(config)} if config else {}),
-    )
-    created = await asyncio.to_thread(
-        subprocess.run,
-        [*_qfserve_command(), "app", "create", "--name", "bench", "--json"],
-        env=env,
-        capture_output=True,
-        check=True,
-    )
-    keys = json.loads(created.stdout)
+    env = _qfserve_env(workdir, threads, config)
+    keys = await qfserve_cli(env, "app", "create", "--name", "bench", "--json")
     port = free_port()
     command = [*_qfserve_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     if model is not None:
@@ -155,7 +144,8 @@ async def start_qfserve(
     log = workdir / "qfserve.log"
     base_url = f"http://127.0.0.1:{port}"
     process = _spawn(command, env, log)
-    peer = Peer("qfserve", process, Target("qfserve", Dialect.QIANFAN, base_url, endpoint), log)
+    target = Target("qfserve", Dialect.QIANFAN, base_url, endpoint)
+    peer = Peer("qfserve", process, target, log, env=env, app_id=int(keys["app_id"]))
     try:
         await peer.wait_ready("/health")
         token = await fetch_access_token(base_url, keys["api_key"], keys["secret_key"])
@@ -166,6 +156,32 @@ async def start_qfserve(
         "qfserve", Dialect.QIANFAN, base_url, endpoint, access_token=token, pid=process.pid
     )
     return peer
+
+
+def _qfserve_env(workdir: Path, threads: int, config: Path | None) -> dict[str, str]:
+    data_dir = workdir / "qfserve-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return _clean_env(
+        QFSERVE_DATA_DIR=str(data_dir),
+        QFSERVE_ENGINE__N_THREADS=str(threads),
+        QFSERVE_LOG_LEVEL="warning",
+        **({"QFSERVE_CONFIG": str(config)} if config else {}),
+    )
+
+
+async def qfserve_cli(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """A `qfserve ... --json` command on a started qfserve's data directory (`Peer.env`): its
+    one JSON object."""
+    done = await asyncio.to_thread(
+        subprocess.run, [*_qfserve_command(), *args], env=env, capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        error = done.stderr.decode("utf-8", "replace")[-300:]
+        raise RuntimeError(f"qfserve {' '.join(args[:3])} failed: {error}")
+    answer = json.loads(done.stdout)
+    if not isinstance(answer, dict):
+        raise RuntimeError(f"qfserve {' '.join(args[:3])} printed no JSON object")
+    return answer
 
 
 async def fetch_access_token(base_url: str, api_key: str, secret_key: str) -> str:
