@@ -8,12 +8,13 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.dialects.dialects import DIALECTS, V1, Ask, Dialect
 from tests.fake_engine import Script
-from tests.inprocess import InProcess
+from tests.inprocess import InProcess, running
 
 # Stands for a value the test writes into the body's JSON text by hand.
 MARK = 987654321
@@ -155,3 +156,39 @@ def test_the_log_check_sees_a_traceback(
     qf.engine.script = Script(error=RuntimeError("decode failed"))
     dialect.failure(dialect.post(qf, secret, Ask()))
     assert any(r.levelno >= logging.ERROR and r.exc_info for r in caplog.records)
+
+
+# Bodies over the bound.
+
+LIMIT = 4096
+
+
+@pytest.fixture
+def bounded(tmp_path: Path) -> Iterator[InProcess]:
+    with running(tmp_path, max_request_bytes=LIMIT) as serving:
+        yield serving
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_body_over_the_bound_is_refused(
+    bounded: InProcess, server_log: pytest.LogCaptureFixture, dialect: Dialect, declared: bool
+) -> None:
+    secret = dialect.secret(bounded, bounded.new_app())
+    long = Ask(messages=[{"role": "user", "content": "word " * LIMIT}])
+    sent = dialect.request(secret, long)
+    if declared:
+        response = bounded.client.post(sent.path, json=sent.body, headers=sent.headers)
+    else:
+        # No Content-Length: the body's length is only known as it is read.
+        def chunks() -> Iterator[bytes]:
+            text = json.dumps(sent.body).encode()
+            for start in range(0, len(text), 1000):
+                yield text[start : start + 1000]
+
+        response = bounded.client.post(sent.path, content=chunks(), headers=sent.headers)
+    failure = dialect.failure(response)
+    assert (failure.code, failure.status) == expected(dialect, 336001, "invalid_argument", 413)
+    assert str(LIMIT) in failure.message
+    assert bounded.engine.requests == []
+    # A body within the bound is answered.
+    dialect.reply(dialect.post(bounded, secret, Ask()), Ask())

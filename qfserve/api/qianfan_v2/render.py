@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from qfserve.api.openai.render import OpenAIShape
-from qfserve.errors import QfserveError
+from qfserve.errors import BodyTooLarge, QfserveError
 from qfserve.serving.request import Ending, Refused, Usage
 
 # The spec's statuses by code; a code not listed keeps the error's own status.
@@ -83,6 +83,8 @@ class QianfanV2Shape(OpenAIShape):
         return {v2: value for name, value in headers.items() for v2 in _HEADERS.get(name, (name,))}
 
     def error_status(self, error: QfserveError) -> int:
+        if isinstance(error, BodyTooLarge):
+            return error.http_status  # 413, as OpenAI's: the spec gives no status of its own
         return _STATUS.get(error.v2_code, error.http_status)
 
     def error_body(self, error: QfserveError, status: int) -> dict[str, Any]:
