@@ -149,6 +149,29 @@ def test_flagged_question_is_refused_without_generating(
         assert (reply.flag, reply.ban_round) == (2, -1)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_flagged_history_names_its_round(
+    qf: InProcess, dialect: Dialect, secret: str, stream: bool
+) -> None:
+    messages = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": FLAGGED_QUESTION},
+        {"role": "assistant", "content": "No"},
+        {"role": "user", "content": "Tell me a joke"},
+    ]
+    ask = Ask(messages=messages, stream=stream, include_usage=True)
+    response = dialect.post(qf, secret, ask)
+    reply = dialect.reply(response, ask)
+    assert reply.flagged and reply.text == qf.settings.safety.refusal
+    assert qf.engine.requests == []
+    if dialect is V1:
+        last = response.text if not stream else response.text.strip().splitlines()[-1]
+        assert '"ban_round":2' in last
+    if dialect is V2:
+        assert (reply.flag, reply.ban_round) == (2, 2)
+
+
 def test_flagged_answer_is_replaced_by_the_refusal(
     qf: InProcess, dialect: Dialect, secret: str
 ) -> None:

@@ -212,6 +212,37 @@ def test_penalty_score_and_max_completion_tokens_reach_the_engine(qf: InProcess,
     assert (sampling.repeat_penalty, sampling.max_tokens, sampling.seed) == (1.5, 2, 7)
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": 1.5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"penalty_score": 2.5}, "penalty_score"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": ["x" * 21]}, "stop"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"max_tokens": 0}, "max"),
+    ],
+    ids=[
+        "temperature-0",
+        "temperature-1.5",
+        "top_p",
+        "penalty_score",
+        "five-stops",
+        "long-stop",
+        "metadata",
+        "max_tokens-0",
+    ],
+)
+def test_values_out_of_v2s_ranges_are_refused(
+    qf: InProcess, key: str, fields: dict[str, Any], named: str
+) -> None:
+    message = refused(chat(qf, key, **fields), "invalid_argument", 400)
+    assert named in message
+    assert qf.engine.requests == []
+
+
 # Credentials.
 
 
@@ -279,7 +310,8 @@ def test_cached_tokens_are_zero_when_the_engine_does_not_say(qf: InProcess, key:
 
 
 def test_quota_refusal_is_a_429_with_v2s_code(qf: InProcess) -> None:
-    second = _refused_second(qf, rpm=1)
+    first, second = _answered_then_refused(qf, {"rpm": 1})
+    assert answered(first) == ANSWER
     body = second.json()
     assert body["error"] == {
         "code": "rpm_rate_limit_exceeded",
@@ -289,10 +321,12 @@ def test_quota_refusal_is_a_429_with_v2s_code(qf: InProcess) -> None:
     assert body["id"].startswith("as-")
 
 
-def test_rate_limit_headers_under_v2s_names(qf: InProcess) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_rate_limit_headers_under_v2s_names(qf: InProcess, stream: bool) -> None:
     prompt_and_answer = 4 + 8
-    first, second = _answered_then_refused(qf, rpm=1, tpm=1000)
-    assert first.status_code == 200 and second.status_code == 429
+    first, second = _answered_then_refused(qf, {"rpm": 1, "tpm": 1000}, stream=stream)
+    assert V2.reply(first, Ask(stream=stream)).text == ANSWER
+    assert second.status_code == 429
     for response in (first, second):
         assert "X-Ratelimit-Limit-Tokens" not in response.headers
         assert response.headers["X-Ratelimit-Limit-Requests"] == "1"
@@ -304,19 +338,28 @@ def test_rate_limit_headers_under_v2s_names(qf: InProcess) -> None:
         assert int(first.headers[name]) <= 1000 - prompt_and_answer
 
 
-def _refused_second(qf: InProcess, **quota: int) -> Response:
-    return _answered_then_refused(qf, **quota)[1]
+def test_a_tpm_refusal_is_a_429_with_v2s_tpm_code(qf: InProcess) -> None:
+    # The first answer (4 + 5 tokens) leaves no room in the minute for the second's reservation
+    # (its prompt, 4, and its max_tokens, 8).
+    first, second = _answered_then_refused(qf, {"tpm": 10})
+    assert V2.reply(first, Ask()).total_tokens == 9
+    refused(second, "tpm_rate_limit_exceeded", 429)
+    assert second.json()["error"]["type"] == "rate_limit_exceeded"
+    assert second.headers["X-Ratelimit-Limit-Input-Tokens"] == "10"
 
 
-def _answered_then_refused(qf: InProcess, **quota: int) -> tuple[Response, Response]:
-    """Two calls within one minute of an app whose rpm is 1: answered, then refused. Quota
-    windows are aligned to the clock, so a pair that straddles a minute is tried again."""
+def _answered_then_refused(
+    qf: InProcess, quota: dict[str, int], *, stream: bool = False
+) -> tuple[Response, Response]:
+    """Two calls within one minute of an app with `quota`, expected to be answered, then
+    refused. Quota windows are aligned to the clock, so a pair that straddles a minute is tried
+    again."""
     give_up = time.monotonic() + 30
     while True:
         key = qf.v2_key(qf.new_app("limited", **quota))
         before = time.time()
-        first = chat(qf, key, max_tokens=8)
-        second = chat(qf, key, max_tokens=8)
+        first = chat(qf, key, max_tokens=8, stream=stream)
+        second = chat(qf, key, max_tokens=8, stream=stream)
         if before // 60 == time.time() // 60:
             return first, second
         assert time.monotonic() < give_up, "no two requests fell within one minute"
