@@ -55,7 +55,7 @@ def check_messages(
                 "the role of message with odd index in the messages must be assistant"
             )
         if not message.content or message.content.isspace():
-            raise TooManyCharacters(f"the content of message {index} must not be empty")
+            raise InvalidMessages(f"the content of message {index} must not be empty")
     if len(messages[-1].content) > max_question_chars:
         raise TooManyCharacters(f"the max length of current question is {max_question_chars}")
 

@@ -116,6 +116,20 @@ def test_a_system_message_not_first_is_refused(qf: InProcess, key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "content",
+    ["", " \n", None, []],
+    ids=["empty", "blank", "null", "no-parts"],
+)
+def test_a_message_without_content_is_invalid_messages(
+    qf: InProcess, key: str, content: object
+) -> None:
+    """Not `characters_too_long`: nothing is too long."""
+    messages = [{"role": "user", "content": content}]
+    message = refused(chat(qf, key, messages=messages), "invalid_messages", 400)
+    assert "must not be empty" in message
+
+
+@pytest.mark.parametrize(
     ("fields", "named"),
     [
         ({"response_format": {"type": "json_object"}}, "response_format"),
