@@ -91,6 +91,15 @@ def test_models_needs_a_valid_key(qf: InProcess) -> None:
     refused(qf.client.get("/v2/models", headers=bearer(V2.forged_key)), "invalid_iam_token", 401)
 
 
+def test_models_checks_the_appid_header(qf: InProcess, app: ClientApp, key: str) -> None:
+    mine = qf.client.get("/v2/models", headers={**bearer(key), "appid": str(app.app_id)})
+    assert [m["id"] for m in mine.json()["data"]] == [ENDPOINT]
+    other = str(qf.new_app("other").app_id)
+    refused(
+        qf.client.get("/v2/models", headers={**bearer(key), "appid": other}), "invalid_appid", 401
+    )
+
+
 # The request body.
 
 
