@@ -46,7 +46,8 @@ class Script:
     """What the engine does with one request.
 
     `error` is raised after `error_after` deltas (0: before the first). `prompt_tokens`, when set,
-    rides on the last delta, as a remote upstream's own count of the prompt. `taken_first` sends
+    rides on the last delta, as a remote upstream's own count of the prompt; `cached_tokens` too,
+    as an engine's count of the prompt tokens its prefix cache served. `taken_first` sends
     an empty delta before the first token, as a remote engine does once an upstream took the
     request. The answer ends early with "length" at the request's `max_tokens`, and before the
     first stop string with "stop", as a real engine's does.
@@ -58,6 +59,7 @@ class Script:
     error_after: int = 0
     token_delay: float = 0.0
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
     taken_first: bool = False
 
 
@@ -156,7 +158,7 @@ class FakeEngine:
                 self._generated_total += 1
                 if index == len(pieces) - 1:
                     outcome = self.finished
-                    yield Delta(piece, 1, finish, script.prompt_tokens)
+                    yield Delta(piece, 1, finish, script.prompt_tokens, script.cached_tokens)
                 else:
                     yield Delta(piece, 1)
                 if script.error is not None and index + 1 == script.error_after:
@@ -164,7 +166,7 @@ class FakeEngine:
                     raise script.error
             if not pieces:
                 outcome = self.finished
-                yield Delta("", 0, finish, script.prompt_tokens)
+                yield Delta("", 0, finish, script.prompt_tokens, script.cached_tokens)
         finally:
             self.running -= 1
             outcome.append(request.request_id)

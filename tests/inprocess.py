@@ -87,6 +87,10 @@ class InProcess:
         """A long-lived key for the OpenAI routes (`Authorization: Bearer sk-qf-...`)."""
         return self.store.app_keys.create(app.app_id).key
 
+    def v2_key(self, app: ClientApp) -> str:
+        """A V2 API key for the `/v2` routes (`Authorization: Bearer bce-v3/ALTAK-.../...`)."""
+        return self.store.v2_keys.create(app.app_id).api_key
+
     def usage(self, app: ClientApp, rows: int, deadline_seconds: float = 10.0) -> list[UsageRow]:
         """The app's usage ledger rows in order, once there are `rows` of them (the ledger
         writes in batches, off the event loop)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tests.inprocess import ENDPOINT, ClientApp, InProcess, Response, bearer, sse_data, sse_json
@@ -59,22 +59,39 @@ class Reply:
     total_tokens: int
     finish: str  # "stop", "length" or "content_filter"
     flagged: bool = False
+    # V2's safety `flag` and `ban_round` on the choice (the finishing chunk's, in a stream), and
+    # its `prompt_tokens_details.cached_tokens`: None in the dialects that have none.
+    flag: int | None = None
+    ban_round: int | None = None
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """An error as the client reads it: the Qianfan code, and the HTTP status."""
+    """An error as the client reads it: the Qianfan V1 code (V2's code name in V2), and the HTTP
+    status."""
 
-    code: int
+    code: int | str
     status: int
     message: str
 
 
 class Dialect:
     name: str
+    # The rate-limit headers of every chat answer, refused ones too.
+    rate_limit_headers: tuple[str, ...] = (
+        "X-Ratelimit-Limit-Requests",
+        "X-Ratelimit-Limit-Tokens",
+        "X-Ratelimit-Remaining-Requests",
+        "X-Ratelimit-Remaining-Tokens",
+    )
 
     def secret(self, qf: InProcess, app: ClientApp) -> str:
         raise NotImplementedError
+
+    def code(self, v1: int, v2: str) -> int | str:
+        """The code a `Failure` of this dialect carries for an error: V1's, or V2's name."""
+        return v1
 
     def request(self, secret: str, ask: Ask) -> HttpRequest:
         raise NotImplementedError
@@ -182,6 +199,9 @@ class OpenAI(Dialect):
     a finish chunk, an optional usage chunk, then `data: [DONE]`."""
 
     name = "openai"
+    path = "/v1/chat/completions"
+    id_prefix = "chatcmpl-"
+    forged_key = "sk-qf-" + "0" * 40  # shaped as a key, never issued
 
     def secret(self, qf: InProcess, app: ClientApp) -> str:
         return qf.app_key(app)
@@ -190,9 +210,9 @@ class OpenAI(Dialect):
         headers = {
             "valid": bearer(secret),
             "missing": {},
-            "forged": bearer("sk-qf-" + "0" * 40),
+            "forged": bearer(self.forged_key),
         }[ask.credential]
-        url = "/v1/chat/completions"
+        url = self.path
         if ask.content is not None:
             return HttpRequest(url, headers, content=ask.content)
         system = [{"role": "system", "content": ask.system}] if ask.system else []
@@ -212,7 +232,7 @@ class OpenAI(Dialect):
         assert response.status_code == 200, response.text
         if not ask.stream:
             body = response.json()
-            assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+            assert body["object"] == "chat.completion" and body["id"].startswith(self.id_prefix)
             assert body["model"] == ask.endpoint
             (choice,) = body["choices"]
             assert choice["message"]["role"] == "assistant"
@@ -230,7 +250,7 @@ class OpenAI(Dialect):
         chunks = sse_json(response)
         assert all("error" not in c for c in chunks), chunks
         assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-        assert len({c["id"] for c in chunks}) == 1
+        assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith(self.id_prefix)
         usage_chunks = [c for c in chunks if "usage" in c]
         if ask.include_usage:
             # The usage chunk comes last, after the finish, with no choices.
@@ -259,10 +279,13 @@ class OpenAI(Dialect):
 
     def failure(self, response: Response) -> Failure:
         assert response.headers["content-type"].startswith("application/json")
-        error = response.json()["error"]
+        return self._failure(response.json(), response.status_code)
+
+    def _failure(self, body: dict[str, Any], status: int) -> Failure:
+        error = body["error"]
         assert set(error) == {"message", "type", "param", "code"}, error
         assert error["message"] and error["type"]
-        return Failure(int(error["code"]), response.status_code, error["message"])
+        return Failure(int(error["code"]), status, error["message"])
 
     def stream_failure(self, response: Response) -> tuple[str, Failure]:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -272,11 +295,65 @@ class OpenAI(Dialect):
         assert all("error" not in c for c in answered)
         assert all(c["choices"][0]["finish_reason"] is None for c in answered), "finished"
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in answered)
-        error = last["error"]
-        assert error["message"]
-        return text, Failure(int(error["code"]), response.status_code, error["message"])
+        return text, self._failure(last, response.status_code)
+
+
+class QianfanV2(OpenAI):
+    """`/v2/chat/completions` with `Authorization: Bearer bce-v3/ALTAK-...`: OpenAI's shapes with
+    `as-` ids, a safety `flag` and `ban_round` on every choice, cached prompt tokens in the usage,
+    and errors as `{"error": {"code", "message", "type"}, "id"}` with V2's code names."""
+
+    name = "v2"
+    path = "/v2/chat/completions"
+    id_prefix = "as-"
+    forged_key = "bce-v3/ALTAK-" + "0" * 20 + "/" + "0" * 40
+    rate_limit_headers = (
+        "X-Ratelimit-Limit-Requests",
+        "X-Ratelimit-Limit-Input-Tokens",
+        "X-Ratelimit-Limit-Output-Tokens",
+        "X-Ratelimit-Remaining-Requests",
+        "X-Ratelimit-Remaining-Input-Tokens",
+        "X-Ratelimit-Remaining-Output-Tokens",
+    )
+
+    def secret(self, qf: InProcess, app: ClientApp) -> str:
+        return qf.v2_key(app)
+
+    def code(self, v1: int, v2: str) -> int | str:
+        return v2
+
+    def reply(self, response: Response, ask: Ask) -> Reply:
+        reply = super().reply(response, ask)  # OpenAI's framing and fields
+        if not ask.stream:
+            body = response.json()
+            choices, usage = body["choices"], body["usage"]
+        else:
+            chunks = sse_json(response)
+            choices = [c["choices"][0] for c in chunks if c["choices"]]
+            usage = chunks[-1]["usage"] if ask.include_usage else None
+        for choice in choices:
+            assert isinstance(choice["flag"], int) and isinstance(choice["ban_round"], int), choice
+        finishing = choices[-1]
+        # A flag says the answer was filtered, and only then.
+        assert (finishing["flag"] != 0) == reply.flagged, finishing
+        cached = None
+        if usage is not None:
+            cached = usage["prompt_tokens_details"]["cached_tokens"]
+            assert isinstance(cached, int) and 0 <= cached <= usage["prompt_tokens"], usage
+        return replace(
+            reply, flag=finishing["flag"], ban_round=finishing["ban_round"], cached_tokens=cached
+        )
+
+    def _failure(self, body: dict[str, Any], status: int) -> Failure:
+        assert set(body) == {"error", "id"}, body
+        assert body["id"].startswith("as-"), body
+        error = body["error"]
+        assert set(error) == {"code", "message", "type"}, error
+        assert isinstance(error["code"], str) and error["message"] and error["type"], error
+        return Failure(error["code"], status, error["message"])
 
 
 V1 = QianfanV1()
 OPENAI = OpenAI()
-DIALECTS: list[Dialect] = [V1, OPENAI]
+V2 = QianfanV2()
+DIALECTS: list[Dialect] = [V1, OPENAI, V2]

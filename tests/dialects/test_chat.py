@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from qfserve.config import SafetySettings
-from tests.dialects.dialects import DIALECTS, HI, OPENAI, V1, Ask, Dialect
+from tests.dialects.dialects import DIALECTS, HI, V1, V2, Ask, Dialect
 from tests.fake_engine import ANSWER, FakeEngine, Script, words
-from tests.inprocess import InProcess, running
+from tests.inprocess import InProcess, Response, running
 
 FLAGGED_QUESTION = "哪里有网络赌博平台"  # a term of qfserve/chat/safety_lists/gambling.txt
+FLAGGED_ANSWER = "You could try 网络赌博 tonight, it is fun."
 SENTENCES = "First comes one sentence. Then another one follows! And the last one ends here."
 
 
@@ -143,16 +144,58 @@ def test_flagged_question_is_refused_without_generating(
     if dialect is V1:
         last = response.text if not stream else response.text.strip().splitlines()[-1]
         assert '"ban_round":-1' in last  # the current question
+    if dialect is V2:
+        # Do not continue the conversation; the current question is the flagged one.
+        assert (reply.flag, reply.ban_round) == (2, -1)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_flagged_history_names_its_round(
+    qf: InProcess, dialect: Dialect, secret: str, stream: bool
+) -> None:
+    messages = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": FLAGGED_QUESTION},
+        {"role": "assistant", "content": "No"},
+        {"role": "user", "content": "Tell me a joke"},
+    ]
+    ask = Ask(messages=messages, stream=stream, include_usage=True)
+    response = dialect.post(qf, secret, ask)
+    reply = dialect.reply(response, ask)
+    assert reply.flagged and reply.text == qf.settings.safety.refusal
+    assert qf.engine.requests == []
+    if dialect is V1:
+        last = response.text if not stream else response.text.strip().splitlines()[-1]
+        assert '"ban_round":2' in last
+    if dialect is V2:
+        assert (reply.flag, reply.ban_round) == (2, 2)
 
 
 def test_flagged_answer_is_replaced_by_the_refusal(
     qf: InProcess, dialect: Dialect, secret: str
 ) -> None:
-    qf.engine.script = Script(answer="You could try 网络赌博 tonight, it is fun.")
+    qf.engine.script = Script(answer=FLAGGED_ANSWER)
     reply = dialect.reply(dialect.post(qf, secret, Ask()), Ask())
     assert reply.flagged and reply.text == qf.settings.safety.refusal
     assert reply.finish == "content_filter"
+    if dialect is V2:
+        assert (reply.flag, reply.ban_round) == (3, -1)  # do not show it
     # The generation was stopped at the flagged term.
+    assert qf.engine.running == 0 and qf.engine.cancelled == [qf.engine.last.request_id]
+
+
+def test_flagged_answer_in_a_stream_ends_with_content_filter(
+    qf: InProcess, dialect: Dialect, secret: str
+) -> None:
+    qf.engine.script = Script(answer=FLAGGED_ANSWER)
+    ask = Ask(stream=True, include_usage=True)
+    reply = dialect.reply(dialect.post(qf, secret, ask), ask)
+    assert reply.flagged and reply.finish == "content_filter"
+    # Nothing of the flagged term went out.
+    assert "网络赌博" not in reply.text
+    if dialect is V2:
+        assert (reply.flag, reply.ban_round) == (4, -1)  # retract what was shown
     assert qf.engine.running == 0 and qf.engine.cancelled == [qf.engine.last.request_id]
 
 
@@ -167,6 +210,7 @@ def test_the_ledger_charges_what_the_client_was_told(
     ask = Ask(stream=stream, include_usage=True, wire=user)
     reply = dialect.reply(dialect.post(qf, secret, ask), ask)
     refused = dialect.failure(dialect.post(qf, secret, Ask(messages=[])))
+    assert refused.code == dialect.code(336003, "invalid_messages")
     told, failed = qf.usage(app, rows=2)
     assert (told.prompt_tokens, told.completion_tokens) == (4, 14)
     assert (told.prompt_tokens, told.completion_tokens) == (
@@ -174,8 +218,9 @@ def test_the_ledger_charges_what_the_client_was_told(
         reply.completion_tokens,
     )
     assert (told.error_code, told.endpoint, told.user_id) == (0, "llama_2_7b", "u1")
-    # A refused request is a row too, with its error and no tokens charged for an answer.
-    assert (failed.error_code, failed.completion_tokens) == (refused.code, 0)
+    # A refused request is a row too, with its error (V1's code, whatever the dialect) and no
+    # tokens charged for an answer.
+    assert (failed.error_code, failed.completion_tokens) == (336003, 0)
 
 
 @pytest.mark.parametrize(
@@ -184,6 +229,7 @@ def test_the_ledger_charges_what_the_client_was_told(
 def test_quota_refuses_the_second_request(
     qf: InProcess, dialect: Dialect, quota: str, window_seconds: int, v1_code: int
 ) -> None:
+    """V2 has no code of its own for qfserve's qps quota: the closest, rpm's."""
     # Quota windows are aligned to the clock: two requests that straddle a window's end are both
     # admitted, rightly. Only a pair seen within one window proves the refusal; try a new app
     # until one is (on a loaded machine a pair can take most of a second).
@@ -199,9 +245,17 @@ def test_quota_refuses_the_second_request(
         assert time.monotonic() < give_up, "no two requests fell within one window"
     dialect.reply(first, Ask())
     failure = dialect.failure(second)
-    assert failure.code == v1_code
-    assert failure.status == (429 if dialect is OPENAI else 200)
+    assert failure.code == dialect.code(v1_code, "rpm_rate_limit_exceeded")
+    assert failure.status == (200 if dialect is V1 else 429)
     assert len(qf.engine.requests) == generated_before + 1  # the refused one never got there
+    # The answer and the refusal both say how much is left, under the dialect's header names.
+    for response in (first, second):
+        assert rate_limit_headers(response) == {h.lower() for h in dialect.rate_limit_headers}
+    assert second.headers["X-Ratelimit-Remaining-Requests"] == "0"
+
+
+def rate_limit_headers(response: Response) -> set[str]:
+    return {name.lower() for name in response.headers if name.lower().startswith("x-ratelimit-")}
 
 
 def _upstream_count_cases() -> list[object]:

@@ -2,9 +2,10 @@
 
 A row is the case, the request (a dialect-free `Ask`, which each dialect renders as its own HTTP
 request), what the engine does and the state of the calling app, and one column per dialect: the
-V1 `error_code` (HTTP 200), the OpenAI HTTP status (its body carries the same Qianfan code). A new
-dialect adds a column and a line to `expected`. Known divergences are listed in `known`, by
-dialect: strict xfails that the shared request pipeline is to fix.
+V1 `error_code` (HTTP 200), the OpenAI HTTP status (its body carries the same Qianfan code), V2's
+code name and HTTP status. A new dialect adds a column and a line to `expected`. Known
+divergences are listed in `known`, by dialect: strict xfails that the shared request pipeline is
+to fix.
 """
 
 from __future__ import annotations
@@ -16,13 +17,26 @@ from typing import Literal
 import pytest
 
 from qfserve.errors import EngineUnavailable, OverloadedError
-from tests.dialects.dialects import DIALECTS, OPENAI, V1, Ask, Dialect
+from tests.dialects.dialects import DIALECTS, OPENAI, V1, V2, Ask, Dialect
 from tests.fake_engine import Script
 from tests.inprocess import InProcess
 
-# Fails after its first sentence went out: a V1 stream has sent an event, an OpenAI one chunks.
+# Fails after its first sentence went out: a V1 stream has sent an event, the others chunks.
 SENTENCE_THEN_MORE = "Hello there. More text follows here."
 EVEN = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+@dataclass(frozen=True, slots=True)
+class V2Answer:
+    """V2's column: the error's code name and the HTTP status, as API-v2.md gives them."""
+
+    code: str
+    status: int
+
+
+INVALID_ARGUMENT = V2Answer("invalid_argument", 400)
+INVALID_MESSAGES = V2Answer("invalid_messages", 400)
+OVERLOADED = V2Answer("server_overloaded", 503)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +45,7 @@ class ErrorCase:
     ask: Ask
     v1_code: int
     openai_status: int
+    v2: V2Answer
     script: Script | None = None
     engine_ready: bool = True
     app_state: Literal["live", "disabled", "other endpoints only"] = "live"
@@ -47,34 +62,73 @@ def mid_answer(error: BaseException) -> Script:
 
 
 ERRORS = [
-    ErrorCase("missing credentials", Ask(credential="missing"), 100, 401),
-    ErrorCase("bad token", Ask(credential="forged"), 110, 401),
-    ErrorCase("app disabled", Ask(), 15, 403, app_state="disabled"),
-    ErrorCase("endpoint not permitted", Ask(), 6, 403, app_state="other endpoints only"),
-    ErrorCase("unknown endpoint", Ask(endpoint="no_such_model"), 336005, 404),
-    ErrorCase("not JSON", Ask(content=b"not json {"), 336002, 400),
-    ErrorCase("body not an object", Ask(content=b"[1, 2]"), 336001, 400),
-    ErrorCase("wrong field type", Ask(wire={"temperature": "hot"}), 336001, 400),
-    ErrorCase("messages not a list", Ask(wire={"messages": "Hi"}), 336001, 400),
-    ErrorCase("empty messages", Ask(messages=[]), 336003, 400),
-    ErrorCase("even message count", Ask(messages=EVEN), 336003, 400),
-    ErrorCase("temperature out of range", Ask(temperature=9.0), 336003, 400),
-    ErrorCase("engine not ready", Ask(), 2, 503, engine_ready=False),
-    ErrorCase("engine overloaded", Ask(), 336100, 503, Script(error=OverloadedError())),
     ErrorCase(
-        "engine overloaded, stream", Ask(stream=True), 336100, 503, Script(error=OverloadedError())
+        "missing credentials",
+        Ask(credential="missing"),
+        100,
+        401,
+        V2Answer("invalid_iam_token", 401),
+    ),
+    ErrorCase("bad token", Ask(credential="forged"), 110, 401, V2Answer("invalid_iam_token", 401)),
+    ErrorCase(
+        "app disabled", Ask(), 15, 403, V2Answer("invalid_iam_token", 401), app_state="disabled"
     ),
     ErrorCase(
-        "engine fails mid-answer", Ask(), 336000, 500, mid_answer(RuntimeError("decode failed"))
+        "endpoint not permitted",
+        Ask(),
+        6,
+        403,
+        V2Answer("no_parameter_permission", 401),
+        app_state="other endpoints only",
     ),
     ErrorCase(
-        "engine unavailable mid-answer", Ask(), 2, 503, mid_answer(EngineUnavailable("drained"))
+        "unknown endpoint",
+        Ask(endpoint="no_such_model"),
+        336005,
+        404,
+        V2Answer("invalid_model", 400),
+    ),
+    ErrorCase("not JSON", Ask(content=b"not json {"), 336002, 400, V2Answer("malformed_json", 400)),
+    ErrorCase("body not an object", Ask(content=b"[1, 2]"), 336001, 400, INVALID_ARGUMENT),
+    ErrorCase("wrong field type", Ask(wire={"temperature": "hot"}), 336001, 400, INVALID_ARGUMENT),
+    ErrorCase("messages not a list", Ask(wire={"messages": "Hi"}), 336001, 400, INVALID_ARGUMENT),
+    ErrorCase("empty messages", Ask(messages=[]), 336003, 400, INVALID_MESSAGES),
+    ErrorCase("even message count", Ask(messages=EVEN), 336003, 400, INVALID_MESSAGES),
+    ErrorCase("temperature out of range", Ask(temperature=9.0), 336003, 400, INVALID_ARGUMENT),
+    ErrorCase(
+        "engine not ready", Ask(), 2, 503, V2Answer("service_unavailable", 503), engine_ready=False
+    ),
+    ErrorCase("engine overloaded", Ask(), 336100, 503, OVERLOADED, Script(error=OverloadedError())),
+    ErrorCase(
+        "engine overloaded, stream",
+        Ask(stream=True),
+        336100,
+        503,
+        OVERLOADED,
+        Script(error=OverloadedError()),
+    ),
+    ErrorCase(
+        "engine fails mid-answer",
+        Ask(),
+        336000,
+        500,
+        V2Answer("internal_error", 500),
+        mid_answer(RuntimeError("decode failed")),
+    ),
+    ErrorCase(
+        "engine unavailable mid-answer",
+        Ask(),
+        2,
+        503,
+        V2Answer("service_unavailable", 503),
+        mid_answer(EngineUnavailable("drained")),
     ),
     ErrorCase(
         "engine unavailable mid-stream",
         Ask(stream=True),
         2,
         200,
+        V2Answer("service_unavailable", 200),
         mid_answer(EngineUnavailable("drained")),
     ),
     ErrorCase(
@@ -82,17 +136,20 @@ ERRORS = [
         Ask(stream=True),
         336000,
         200,
+        V2Answer("internal_error", 200),
         mid_answer(RuntimeError("decode failed")),
     ),
 ]
 
 
-def expected(case: ErrorCase, dialect: Dialect) -> tuple[int, int]:
-    """The Qianfan code and the HTTP status the dialect answers the case with."""
+def expected(case: ErrorCase, dialect: Dialect) -> tuple[int | str, int]:
+    """The code and the HTTP status the dialect answers the case with."""
     if dialect is V1:
         return case.v1_code, 200
     if dialect is OPENAI:
         return case.v1_code, case.openai_status
+    if dialect is V2:
+        return case.v2.code, case.v2.status
     raise AssertionError(f"no column for {dialect}")
 
 

@@ -84,7 +84,7 @@ class QianfanV2Shape(OpenAIShape):
 
     def error_status(self, error: QfserveError) -> int:
         if isinstance(error, BodyTooLarge):
-            return 413  # the spec names no status for it; a client's library knows 413's meaning
+            return error.http_status  # 413, as OpenAI's: the spec gives no status of its own
         return _STATUS.get(error.v2_code, error.http_status)
 
     def error_body(self, error: QfserveError, status: int) -> dict[str, Any]:
