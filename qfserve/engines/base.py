@@ -37,6 +37,8 @@ class GenerationRequest:
     sampling: SamplingParams
     messages: tuple[tuple[str, str], ...] = ()
     prompt_text: str = ""
+    # A GBNF grammar (root rule `root`) the answer must keep to; None: free.
+    grammar: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

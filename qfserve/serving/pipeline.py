@@ -139,10 +139,10 @@ async def _settled(
 def _refuse_unsupported(chat: ChatRequest) -> None:
     """Fields that would change what the answer is, which this server cannot honour yet: an
     agent that forces a tool call must not get prose back as if it had been honoured."""
-    if chat.output_format != "text":
+    if chat.json_format is not None:
         raise InvalidArgument(
-            f"response_format {chat.output_format!r} is not supported: this server cannot "
+            "response_format json_object and json_schema are not supported: this server cannot "
             "constrain answers to JSON yet"
         )
-    if chat.tools:
+    if chat.tools and chat.tool_choice.mode != "none":
         raise InvalidArgument("tools are not supported: this server cannot call tools yet")

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from qfserve.chat.conversation import Message
+from qfserve.chat.formats import AUTO, JsonFormat, ToolChoice, ToolSpec
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling
 from qfserve.chat.safety import Verdict
 from qfserve.errors import QfserveError
 
 # What ended an answer, as every dialect can say it: "content_filter" when safety stopped it.
-Ending = Literal["stop", "length", "content_filter"]
-OutputFormat = Literal["text", "json_object", "json_schema"]
+Ending = Literal["stop", "length", "content_filter", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +35,11 @@ class ChatRequest:
     user_id: str | None = None
     # A stream ends with the whole answer's usage (OpenAI's `stream_options.include_usage`).
     include_usage: bool = False
-    output_format: OutputFormat = "text"
-    # The names of the tools offered, when the client asked that they may be called.
-    tools: tuple[str, ...] = ()
+    # The answer as JSON (`response_format`); None: free text.
+    json_format: JsonFormat | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = AUTO
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ statuses, answered by the app's handler."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,12 +21,13 @@ from qfserve.api.openai.protocol import (
 )
 from qfserve.api.openai.render import OPENAI
 from qfserve.chat.conversation import Message
+from qfserve.chat.formats import AUTO, JsonFormat, ToolChoice, ToolSpec
 from qfserve.chat.params import OPENAI as OPENAI_RULES
 from qfserve.chat.params import DialectRules, RequestedSampling
 from qfserve.config import Settings
-from qfserve.errors import RuleViolation
+from qfserve.errors import InvalidArgument, RuleViolation
 from qfserve.serving.pipeline import ChatPipeline
-from qfserve.serving.request import ChatRequest, OutputFormat
+from qfserve.serving.request import ChatRequest
 
 
 def build_routes(settings: Settings, pipeline: ChatPipeline, gate: AccessGate) -> list[BaseRoute]:
@@ -84,8 +86,10 @@ def chat_request(
         stream=body.stream,
         user_id=body.user,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        output_format=output_format(body.response_format),
-        tools=offered_tools(body.tools, body.tool_choice),
+        json_format=json_format(body.response_format),
+        tools=tool_specs(body.tools),
+        tool_choice=tool_choice(body.tool_choice),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
     )
 
 
@@ -109,12 +113,33 @@ def sampling(body: ChatCompletionRequest) -> RequestedSampling:
     )
 
 
-def output_format(response_format: ResponseFormat | None) -> OutputFormat:
-    return response_format.type if response_format is not None else "text"
+def json_format(response_format: ResponseFormat | None) -> JsonFormat | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    spec = response_format.json_schema
+    if response_format.type == "json_object" or spec is None:
+        return JsonFormat()
+    return JsonFormat(spec.schema_, spec.name, bool(spec.strict))
 
 
-def offered_tools(tools: list[Tool] | None, choice: object) -> tuple[str, ...]:
-    """The tools the model may call: none when the client said `tool_choice: "none"`."""
-    if not tools or choice == "none":
-        return ()
-    return tuple(tool.function.name for tool in tools)
+def tool_specs(tools: list[Tool] | None) -> tuple[ToolSpec, ...]:
+    return tuple(
+        ToolSpec(t.function.name, t.function.description or "", t.function.parameters or {})
+        for t in tools or ()
+    )
+
+
+def tool_choice(choice: str | dict[str, Any] | None) -> ToolChoice:
+    """`"none"`, `"auto"`, `"required"`, or `{"type": "function", "function": {"name": ...}}`."""
+    if choice is None or choice == "auto":
+        return AUTO
+    if choice in ("none", "required"):
+        return ToolChoice(choice)  # type: ignore[arg-type]
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(
+            'Invalid Argument: tool_choice must name a function: {"type": '
+            '"function", "function": {"name": ...}}'
+        )
+    return ToolChoice("function", name)
