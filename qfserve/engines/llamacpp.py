@@ -28,6 +28,7 @@ import llama_cpp
 
 from qfserve.config import EngineSettings
 from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, GenerationRequest
+from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
 from qfserve.engines.sampling import SequenceSampler
 from qfserve.engines.scheduler import Admission, Scheduler, SeqState, Step
@@ -48,6 +49,13 @@ class _Live:
     request: GenerationRequest
     stops: StopMatcher
     sampler: SequenceSampler | None = None
+    # The sequence's own grammar sampler until its chain takes it over in `_begin`.
+    grammar: Any = None
+
+    def free_grammar(self) -> None:
+        if self.grammar:
+            llama_cpp.llama_sampler_free(self.grammar)
+        self.grammar = None
 
 
 Seq = SeqState[_Live]
@@ -95,6 +103,7 @@ class LlamaCppEngine:
         )
         self._keys = itertools.count(1)
         self._out: list[tuple[_Live, Item]] = []
+        self._grammars: GrammarCache | None = None
 
     # -- the event loop's side ------------------------------------------------------------------
 
@@ -186,9 +195,17 @@ class LlamaCppEngine:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Item] = asyncio.Queue()
         live = _Live(loop, out, request, StopMatcher(request.sampling.stop))
+        if request.grammar is not None and self._grammars is not None:
+            # Compiled here, not on the engine thread, where a large grammar would stall every
+            # running sequence.
+            live.grammar = await asyncio.to_thread(self._grammars.sampler, request.grammar)
         seq: Seq = SeqState(next(self._keys), tokens, time.monotonic(), live)
         # Under the admission lock, so a request is either refused or seen by the engine thread.
-        self._admission.enter(then=lambda: self._inbox.put(seq))
+        try:
+            self._admission.enter(then=lambda: self._inbox.put(seq))
+        except BaseException:
+            live.free_grammar()
+            raise
         finished, pending = False, None
         try:
             while not finished:
@@ -236,6 +253,7 @@ class LlamaCppEngine:
             model.close()
             raise
         self._model, self._ctx = model, ctx
+        self._grammars = GrammarCache(model.vocab)
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         b = self._batch
@@ -268,6 +286,9 @@ class LlamaCppEngine:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        if self._grammars is not None:
+            self._grammars.close()
+            self._grammars = None
         if self._ctx is not None:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
@@ -339,11 +360,14 @@ class LlamaCppEngine:
             llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             self._sched.forget_prefix(seq)
         assert self._model is not None
-        seq.payload.sampler = SequenceSampler(
-            seq.payload.request.sampling,
+        live = seq.payload
+        live.sampler = SequenceSampler(
+            live.request.sampling,
             n_vocab=self._model.n_vocab,
             default_seed=self.settings.seed,
+            grammar=live.grammar,
         )
+        live.grammar = None  # the chain owns it now
 
     def _decode(self, step: Step[_Live]) -> None:
         entries: list[tuple[int, int, int, bool]] = []
@@ -403,6 +427,7 @@ class LlamaCppEngine:
         if live.sampler is not None:
             live.sampler.close()
             live.sampler = None
+        live.free_grammar()  # ended before it began
         self._admission.leave()
         self._out.append((live, last))
 

@@ -24,15 +24,24 @@ def resolve_seed(request_seed: int | None, default_seed: int) -> int:
 
 
 class SequenceSampler:
-    """penalties (if repeat_penalty != 1), top_k, top_p, temp, dist; greedy if temperature <= 0."""
+    """grammar (if any), penalties (if repeat_penalty != 1), top_k, top_p, temp, dist; greedy if
+    temperature <= 0. The chain takes ownership of the grammar sampler given."""
 
     __slots__ = ("_chain",)
 
-    def __init__(self, params: SamplingParams, *, n_vocab: int, default_seed: int = -1) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        *,
+        n_vocab: int,
+        default_seed: int = -1,
+        grammar: Any = None,
+    ) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
-        parts: list[Any] = []
+        # A grammar first: every later sampler then sees only the tokens it allows.
+        parts: list[Any] = [grammar] if grammar else []
         if params.repeat_penalty != 1.0:
             parts.append(
                 llama_cpp.llama_sampler_init_penalties(
