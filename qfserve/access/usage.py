@@ -192,7 +192,7 @@ class UsageLedger:
         for attempt in range(_ATTEMPTS):
             try:
                 # Core, not the ORM: rows of plain values need no unit of work.
-                with self._db.engine.begin() as connection:
+                with self._db.own_writes() as connection:
                     connection.execute(insert(UsageRow), rows)
             except Exception as error:
                 if not _database_trouble(error):

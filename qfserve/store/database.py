@@ -11,8 +11,9 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Executable, Row, create_engine, event, text
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -48,8 +49,11 @@ class Database:
         self._hot_lock = threading.Lock()
         self._seen_version: int | None = None
         self._change_watch: Any = None  # a SQLite file's own connection for data_version
+        self._unwatched: Engine | None = None  # writes on that same connection (`own_writes`)
         if on_file:
             self._change_watch = self.engine.raw_connection()
+            watched = self._change_watch.dbapi_connection
+            self._unwatched = create_engine(url, poolclass=StaticPool, creator=lambda: watched)
 
     @property
     def is_sqlite(self) -> bool:
@@ -115,12 +119,28 @@ class Database:
                     self._hot_reads.popitem(last=False)
         return found
 
+    @contextmanager
+    def own_writes(self) -> Iterator[Connection]:
+        """A transaction whose commit does not make `read_one` forget what it keeps: for rows no
+        kept read depends on (the usage ledger's, committed on every request). On a SQLite file
+        it runs on the change watch's own connection, whose commits `PRAGMA data_version` does
+        not count (it counts other connections'); reads wait while it runs. Elsewhere it is an
+        ordinary transaction."""
+        if self._unwatched is None:
+            with self.engine.begin() as connection:
+                yield connection
+            return
+        with self._hot_lock, self._unwatched.begin() as connection:
+            yield connection
+
     def _read_one(self, statement: Executable, parameters: dict[str, Any]) -> Row[Any] | None:
         # A plain connection: an ORM session's bookkeeping would cost more than the query.
         with self.engine.connect() as connection:
             return connection.execute(statement, parameters).first()
 
     def close(self) -> None:
+        # Not disposed: its one connection is the change watch's, closed below.
+        self._unwatched = None
         if self._change_watch is not None:
             self._change_watch.close()
             self._change_watch = None
