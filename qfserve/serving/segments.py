@@ -84,6 +84,13 @@ class SegmentStream:
                     return
                 if item is None:
                     item = Delta("", 0, "stop")
+                if self._sent == 0 and not held and self._is_accepted(item):
+                    # Taken (a remote upstream's 2xx) before any token: an empty piece lets the
+                    # dialect send its response's head while the answer is thought of, not after.
+                    # From here on a failure is an error event, no longer a plain error.
+                    self._sent += 1
+                    yield Piece("", 0, self._chat.tally.usage(self._chat.prompt_tokens, 0))
+                    continue
                 completed = self._segmenter.push(item.text, item.token_count)
                 if item.finish_reason is not None:
                     last = [*held, *completed, self._segmenter.flush()]
@@ -107,6 +114,11 @@ class SegmentStream:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+    def _is_accepted(self, delta: Delta) -> bool:
+        """The engine's sign that it took the request: a delta with nothing in it."""
+        empty = not delta.text and not delta.token_count and delta.finish_reason is None
+        return empty and self._segmenter.empty
 
     async def _pump(self, queue: asyncio.Queue[Delta | BaseException | None]) -> None:
         try:

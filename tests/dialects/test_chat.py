@@ -11,7 +11,7 @@ import pytest
 from qfserve.config import SafetySettings
 from tests.dialects.dialects import DIALECTS, HI, V1, V2, Ask, Dialect
 from tests.fake_engine import ANSWER, FakeEngine, Script, words
-from tests.inprocess import InProcess, Response, running
+from tests.inprocess import InProcess, Response, running, sse_json
 
 FLAGGED_QUESTION = "哪里有网络赌博平台"  # a term of qfserve/chat/safety_lists/gambling.txt
 FLAGGED_ANSWER = "You could try 网络赌博 tonight, it is fun."
@@ -289,3 +289,16 @@ def test_a_remote_upstreams_prompt_count_is_reported(
         (charged,) = served.usage(app, rows=1)
     assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (11, 5, 16)
     assert (charged.prompt_tokens, charged.completion_tokens) == (11, 5)
+
+
+def test_a_v1_stream_shows_no_event_for_the_engine_taking_the_request(tmp_path: Path) -> None:
+    """A remote engine's empty first delta (the upstream took the request) lets the response's
+    head go out early; V1's events still start at sentence 0 with text, one after another."""
+    engine = FakeEngine(script=Script(taken_first=True))
+    with running(tmp_path, engine) as served:
+        secret = V1.secret(served, served.new_app())
+        response = V1.post(served, secret, Ask(stream=True))
+    events = sse_json(response)
+    assert [e["sentence_id"] for e in events] == list(range(len(events)))
+    assert all(e["result"] for e in events[:-1]) and events[-1]["is_end"] is True
+    assert "".join(e["result"] for e in events).strip() == ANSWER

@@ -156,6 +156,9 @@ async def _events(outcome: Streaming, kind: str) -> AsyncIterator[bytes]:
     try:
         sentence_id = 0
         async for piece in outcome.pieces:
+            if not piece.text and not piece.completion_tokens and not piece.is_last:
+                # The engine took the request: the head has gone out; there is nothing to show.
+                continue
             yield render.sse(_event(outcome.request_id, kind, sentence_id, piece))
             sentence_id += 1
     finally:
