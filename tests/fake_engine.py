@@ -15,6 +15,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from qfserve.chat.formats import ToolCall
 from qfserve.engines.base import (
     Delta,
     EngineInfo,
@@ -61,6 +62,8 @@ class Script:
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     taken_first: bool = False
+    # Calls on the last delta, as a remote engine reads them from its upstream.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass
@@ -158,7 +161,14 @@ class FakeEngine:
                 self._generated_total += 1
                 if index == len(pieces) - 1:
                     outcome = self.finished
-                    yield Delta(piece, 1, finish, script.prompt_tokens, script.cached_tokens)
+                    yield Delta(
+                        piece,
+                        1,
+                        finish,
+                        script.prompt_tokens,
+                        script.cached_tokens,
+                        script.tool_calls,
+                    )
                 else:
                     yield Delta(piece, 1)
                 if script.error is not None and index + 1 == script.error_after:
@@ -166,7 +176,9 @@ class FakeEngine:
                     raise script.error
             if not pieces:
                 outcome = self.finished
-                yield Delta("", 0, finish, script.prompt_tokens, script.cached_tokens)
+                yield Delta(
+                    "", 0, finish, script.prompt_tokens, script.cached_tokens, script.tool_calls
+                )
         finally:
             self.running -= 1
             outcome.append(request.request_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from qfserve.chat.formats import ToolCall
 from qfserve.errors import InvalidMessages, TooManyCharacters, TooManyTokens
 
 
@@ -15,6 +16,18 @@ from qfserve.errors import InvalidMessages, TooManyCharacters, TooManyTokens
 class Message:
     role: str
     content: str
+    # An assistant message's calls of the client's tools, and the call a `tool` message answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    @property
+    def chars(self) -> int:
+        """What the character rules count: the content, and the calls' names and arguments."""
+        return len(self.content) + sum(len(c.name) + len(c.arguments) for c in self.tool_calls)
+
+
+def uses_tools(messages: Sequence[Message]) -> bool:
+    return any(m.role == "tool" or m.tool_calls for m in messages)
 
 
 # The endpoint's chat template, and its tokenizer: messages (and the system prompt) to prompt
@@ -37,12 +50,24 @@ def check_messages(
 ) -> None:
     """Raise 336003 with the reason when the messages break a rule of the page.
 
-    The count comes first: it bounds every later pass over the messages.
+    The count comes first: it bounds every later pass over the messages. A conversation with
+    tool calls follows the rounds of `_check_tool_rounds`; any other the page's alternation.
     """
     if len(messages) > max_messages:
         raise InvalidMessages(f"the number of messages must not exceed {max_messages}")
     if not messages:
         raise InvalidMessages("the messages must not be empty")
+    if uses_tools(messages):
+        _check_tool_rounds(messages)
+    else:
+        _check_alternation(messages)
+    # The question is the last user message: a tool's result after it is no question.
+    question = next(m for m in reversed(messages) if m.role == "user")
+    if len(question.content) > max_question_chars:
+        raise TooManyCharacters(f"the max length of current question is {max_question_chars}")
+
+
+def _check_alternation(messages: Sequence[Message]) -> None:
     if len(messages) % 2 == 0:
         raise InvalidMessages("the length of messages must be an odd number")
     for index, message in enumerate(messages):
@@ -54,10 +79,66 @@ def check_messages(
             raise InvalidMessages(
                 "the role of message with odd index in the messages must be assistant"
             )
-        if not message.content or message.content.isspace():
-            raise InvalidMessages(f"the content of message {index} must not be empty")
-    if len(messages[-1].content) > max_question_chars:
-        raise TooManyCharacters(f"the max length of current question is {max_question_chars}")
+        _check_content(index, message)
+
+
+def _check_content(index: int, message: Message) -> None:
+    if not message.content or message.content.isspace():
+        raise InvalidMessages(f"the content of message {index} must not be empty")
+
+
+def _check_tool_rounds(messages: Sequence[Message]) -> None:
+    """Rounds with tool calls: `user, (assistant with tool_calls, tool...)*, assistant`, the
+    last round ending with the user's question or with the results of the last calls. Each
+    call is answered by one `tool` message naming it by `tool_call_id`, right after the call.
+    The user may also speak right after results, as OpenAI allows: the round then has no
+    answer of its own."""
+    expected: tuple[str, ...] = ("user",)
+    pending: dict[str, str] = {}  # calls of the last assistant message not answered yet
+    for index, message in enumerate(messages):
+        role = message.role
+        if role == "tool":
+            if not pending:
+                raise InvalidMessages(
+                    f"message {index}: a tool message must answer a call of the assistant "
+                    "message before it"
+                )
+            answered = message.tool_call_id
+            if answered is None or answered not in pending:
+                raise InvalidMessages(
+                    f"message {index}: tool_call_id must name an unanswered call of the "
+                    f"assistant message before it: one of {sorted(pending)}"
+                )
+            del pending[answered]
+            expected = ("assistant", "user")
+            continue
+        if pending:
+            raise InvalidMessages(
+                f"message {index}: the calls {sorted(pending)} must each be answered by a tool "
+                "message first"
+            )
+        if role not in expected:
+            roles = " or ".join(expected)
+            raise InvalidMessages(f"message {index}: the role must be {roles}, not {role}")
+        if role == "assistant" and message.tool_calls:
+            pending = {call.id: call.name for call in message.tool_calls}
+            if len(pending) != len(message.tool_calls):
+                raise InvalidMessages(f"message {index}: the ids of tool_calls must differ")
+            continue
+        _check_content(index, message)
+        expected = ("assistant",) if role == "user" else ("user",)
+    if pending:
+        raise InvalidMessages(
+            f"the calls {sorted(pending)} must each be answered by a tool message"
+        )
+    if messages[-1].role == "assistant":
+        raise InvalidMessages("the last message must be the user's, or a tool's result")
+
+
+def rounds(messages: Sequence[Message]) -> list[int]:
+    """Where each round begins: at each user message. A round is what forgetting drops whole,
+    so that a call is never kept without its results, nor results without their call."""
+    return [index for index, message in enumerate(messages) if message.role == "user"]
 
 
 def fit_conversation(
@@ -82,10 +163,13 @@ def fit_conversation(
     costs O(log n) renders, not O(n). This relies on a forgotten round never lengthening the
     prompt, as with every real template.
 
+    A round is a question and what answers it (with tool calls: the calls, their results and
+    the answer after them), so forgetting never splits a call from its results.
+
     `messages` must have passed `check_messages`.
     """
-    if len(messages) % 2 == 0:
-        raise ValueError("the messages must be checked first: their count is even")
+    if not messages or messages[0].role != "user":
+        raise ValueError("the messages must be checked first: they must begin with the user's")
     first = _first_kept_by_chars(messages, max_total_chars)
     search = _PromptSearch(messages[first:], system, render, tokenize, context_length - max_tokens)
     # From here on, in rounds forgotten after the character rule: the last is the lone question.
@@ -114,12 +198,13 @@ _SAMPLE_ROUNDS = 8
 
 def _first_kept_by_chars(messages: Sequence[Message], max_total_chars: int) -> int:
     """The index of the first message the character rule keeps: one pass over the contents."""
-    total = sum(len(m.content) for m in messages)
-    first = 0
-    while first < len(messages) - 1 and total > max_total_chars:
-        total -= len(messages[first].content) + len(messages[first + 1].content)
-        first += 2
-    return first
+    total = sum(m.chars for m in messages)
+    starts = rounds(messages)
+    kept = 0
+    while kept < len(starts) - 1 and total > max_total_chars:
+        total -= sum(m.chars for m in messages[starts[kept] : starts[kept + 1]])
+        kept += 1
+    return starts[kept]
 
 
 class _PromptSearch:
@@ -140,12 +225,13 @@ class _PromptSearch:
         self._tokenize = tokenize
         self._budget = prompt_budget
         self._prompts: dict[int, FittedPrompt] = {}
-        self.rounds = (len(messages) - 1) // 2  # all forgotten: the lone question
+        self._starts = rounds(messages)
+        self.rounds = len(self._starts) - 1  # all forgotten: the lone question
 
     def prompt(self, forgotten: int) -> FittedPrompt:
         fitted = self._prompts.get(forgotten)
         if fitted is None:
-            kept = list(self._messages[2 * forgotten :])
+            kept = list(self._messages[self._starts[forgotten] :])
             text = self._render(kept, self._system)
             fitted = self._prompts[forgotten] = FittedPrompt(kept, text, self._tokenize(text))
         return fitted
@@ -163,15 +249,17 @@ class _PromptSearch:
         message adds its own tokens and the template's overhead per message measured between
         those two.
         """
-        history = [len(self._tokenize(m.content)) for m in self._messages[:-1]]
+        starts = self._starts
+        history = [_content_tokens(m, self._tokenize) for m in self._messages[: starts[-1]]]
         sample = min(_SAMPLE_ROUNDS, self.rounds)
         sampled = self.token_count(self.rounds - sample) - self.token_count(self.rounds)
-        overhead = (sampled - sum(history[-2 * sample :])) / (2 * sample)
+        sampled_messages = starts[-1] - starts[-1 - sample]
+        overhead = (sampled - sum(history[starts[-1 - sample] :])) / sampled_messages
         estimate = float(self.token_count(self.rounds))
         forgotten = self.rounds
         while forgotten > 0:
-            index = 2 * (forgotten - 1)
-            estimate += history[index] + history[index + 1] + 2 * overhead
+            first, end = starts[forgotten - 1], starts[forgotten]
+            estimate += sum(history[first:end]) + (end - first) * overhead
             if estimate > self._budget:
                 break
             forgotten -= 1
@@ -206,3 +294,8 @@ class _PromptSearch:
             else:
                 too_long = middle
         return fitting
+
+
+def _content_tokens(message: Message, tokenize: Tokenize) -> int:
+    calls = "".join(call.name + call.arguments for call in message.tool_calls)
+    return len(tokenize(message.content + calls))

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from qfserve.chat.formats import ToolCall, ToolChoice, ToolSpec
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -39,6 +41,13 @@ class GenerationRequest:
     prompt_text: str = ""
     # A GBNF grammar (root rule `root`) the answer must keep to; None: free.
     grammar: str | None = None
+    # For remote upstreams, which apply their own model's template and call format: the tools
+    # offered (none: not offered), and per message of `messages` (empty when none has any) the
+    # calls an assistant made and the call a tool message answers.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    message_calls: tuple[tuple[tuple[ToolCall, ...], str | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,9 @@ class Delta:
     # remote upstream's own tokenizer), and how much of it came from a prefix cache.
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    # On the last delta: the calls of the client's tools the answer makes, where the engine
+    # reads them itself (a remote upstream's); the chat layer reads other answers for calls.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import replace
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from qfserve.chat.conversation import Message, check_messages, fit_conversation
+from qfserve.chat.formats import ToolCall
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
     ModeratorSource,
@@ -24,6 +27,7 @@ from qfserve.chat.safety import (
 )
 from qfserve.chat.safety import check_messages as check_user_messages
 from qfserve.chat.template import ChatTemplate
+from qfserve.chat.tools import CallWatch, ToolUse, call_grammar
 from qfserve.config import EndpointSettings, Settings
 from qfserve.engines.base import Delta, Engine, FinishReason, GenerationRequest, SamplingParams
 from qfserve.engines.registry import EngineRegistry
@@ -84,6 +88,7 @@ class ChatServing:
         system: str | None,
         asked: RequestedSampling,
         rules: DialectRules = QIANFAN,
+        tools: ToolUse | None = None,
     ) -> PreparedChat:
         endpoint, engine = self.endpoint(endpoint_name)
         check_messages(
@@ -102,7 +107,7 @@ class ChatServing:
             fit_conversation,
             messages,
             system,
-            render=template.render,
+            render=functools.partial(template.render, tools=tools),
             tokenize=engine.tokenize,
             max_total_chars=endpoint.max_total_chars,
             context_length=engine.info.context_length,
@@ -118,10 +123,16 @@ class ChatServing:
             (m.role, m.content) for m in fitted.kept_messages
         )
         generation = GenerationRequest(
-            request_id, fitted.prompt_tokens, sampling, turns, fitted.prompt_text
+            request_id,
+            fitted.prompt_tokens,
+            sampling,
+            turns,
+            fitted.prompt_text,
+            **_tool_fields(tools, system, fitted.kept_messages),
         )
         guard = StreamGuard(self._moderators.moderator) if self._moderators else None
-        return PreparedChat(engine, generation, self._metrics.clock(endpoint.name), guard)
+        clock = self._metrics.clock(endpoint.name)
+        return PreparedChat(engine, generation, clock, guard, tools=tools)
 
     async def screen(self, messages: list[Message]) -> Verdict | None:
         """Check every user message as the client sent it, before any generation."""
@@ -170,17 +181,21 @@ class ChatServing:
         parts: list[str] = []
         tokens = 0
         finish: FinishReason = "stop"
+        calls: tuple[ToolCall, ...] = ()
         async with closing(chat.engine.generate(chat.generation)) as generated:
-            async for delta in self._moderated(chat, generated):
+            async for delta in _with_calls(chat, self._moderated(chat, generated)):
                 chat.clock.tokens(delta.token_count)
                 parts.append(delta.text)
                 tokens += delta.token_count
                 finish = delta.finish_reason or finish
+                calls = delta.tool_calls or calls
         chat.clock.finish(tokens)
         usage = chat.tally.usage(chat.prompt_tokens, tokens)
         flagged = chat.tally.hit is not None
-        text = self._settings.safety.refusal if flagged else "".join(parts)
-        return Answer(text, ending(finish, chat.tally), usage)
+        if flagged:
+            return Answer(self._settings.safety.refusal, ending(finish, chat.tally), usage)
+        end = ending(finish, chat.tally, called=bool(calls))
+        return Answer("".join(parts), end, usage, calls)
 
     async def pieces(self, chat: PreparedChat) -> AsyncGenerator[Piece]:
         """The answer as the engine produces it, through the safety guard, one piece a delta;
@@ -190,7 +205,7 @@ class ChatServing:
         started = False
         async with closing(chat.engine.generate(chat.generation)) as deltas:
             try:
-                async for delta in self._moderated(chat, deltas):
+                async for delta in _with_calls(chat, self._moderated(chat, deltas)):
                     chat.clock.tokens(delta.token_count)
                     generated += delta.token_count
                     usage = chat.tally.usage(chat.prompt_tokens, generated)
@@ -199,8 +214,9 @@ class ChatServing:
                         yield Piece(delta.text, delta.token_count, usage)
                         continue
                     chat.clock.finish(generated)
-                    end = ending(delta.finish_reason, chat.tally)
-                    yield Piece(delta.text, delta.token_count, usage, end)
+                    calls = () if chat.tally.hit is not None else delta.tool_calls
+                    end = ending(delta.finish_reason, chat.tally, called=bool(calls))
+                    yield Piece(delta.text, delta.token_count, usage, end, tool_calls=calls)
                     return
             except QfserveError as error:
                 if not started:
@@ -246,7 +262,7 @@ class ChatServing:
                 self._metrics.safety_hit(guard.hit.category, "answer")
                 yield Delta(text, delta.token_count, "stop")
                 return
-            yield Delta(text, delta.token_count, delta.finish_reason)
+            yield replace(delta, text=text)
 
     def _template(self, endpoint: EndpointSettings, engine: Engine) -> ChatTemplate:
         template = self._templates.get(endpoint.name)
@@ -266,3 +282,44 @@ def _is_short(messages: list[Message], system: str | None) -> bool:
     if len(messages) > _SHORT_MESSAGES:
         return False
     return len(system or "") + sum(len(m.content) for m in messages) <= _SHORT_CHARS
+
+
+async def _with_calls(chat: PreparedChat, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """The answer read for calls of the tools on offer: text that may be a call is held back,
+    and the calls it makes come on the last delta (as a remote engine's own do). A source that
+    ends without a finish still gives back what was held, on a last delta of its own."""
+    if chat.tools is None:
+        async for delta in deltas:
+            yield delta
+        return
+    watch = CallWatch(chat.tools)
+    async for delta in deltas:
+        text = watch.feed(delta.text)
+        if delta.finish_reason is None:
+            yield replace(delta, text=text)
+            continue
+        held, calls = watch.finish()
+        yield replace(delta, text=text + held, tool_calls=delta.tool_calls or calls)
+        return
+    held, calls = watch.finish()
+    if held or calls:
+        yield Delta(held, 0, "stop", tool_calls=calls)
+
+
+def _tool_fields(
+    tools: ToolUse | None, system: str | None, kept: Sequence[Message]
+) -> dict[str, Any]:
+    """The generation's tool fields: the grammar of a forced call, and for remote upstreams
+    the tools on offer and the calls and results in the conversation."""
+    fields: dict[str, Any] = {}
+    if tools is not None:
+        fields.update(
+            grammar=call_grammar(tools),
+            tools=tools.tools,
+            tool_choice=tools.choice,
+            parallel_tool_calls=tools.parallel,
+        )
+    if any(m.tool_calls or m.tool_call_id for m in kept):
+        lead: tuple[tuple[tuple[ToolCall, ...], str | None], ...] = (((), None),) if system else ()
+        fields["message_calls"] = lead + tuple((m.tool_calls, m.tool_call_id) for m in kept)
+    return fields

@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
+from qfserve.chat.tools import tool_use
 from qfserve.errors import InternalError, InvalidArgument, QfserveError
 from qfserve.serving.chat import ChatServing
 from qfserve.serving.prepared import PreparedChat
@@ -53,8 +54,15 @@ class ChatPipeline:
             self._serving.endpoint(chat.endpoint)
             self._gate.permit(app, chat.endpoint)
             _refuse_unsupported(chat)
+            tools = tool_use(chat.tools, chat.tool_choice, chat.parallel_tool_calls)
             prepared = await self._serving.prepare(
-                request_id, chat.endpoint, chat.messages, chat.system, chat.sampling, chat.rules
+                request_id,
+                chat.endpoint,
+                chat.messages,
+                chat.system,
+                chat.sampling,
+                chat.rules,
+                tools,
             )
             call.prompt_tokens = prepared.prompt_tokens
             await self._gate.admit(
@@ -75,7 +83,13 @@ class ChatPipeline:
             call.prompt_tokens = answer.usage.prompt_tokens
             await call.finish(0, answer.usage.completion_tokens)
             return Completed(
-                chat, request_id, answer.text, answer.ending, answer.usage, call.headers()
+                chat,
+                request_id,
+                answer.text,
+                answer.ending,
+                answer.usage,
+                call.headers(),
+                answer.tool_calls,
             )
         except QfserveError as error:
             await call.finish(error.code)
@@ -137,12 +151,10 @@ async def _settled(
 
 
 def _refuse_unsupported(chat: ChatRequest) -> None:
-    """Fields that would change what the answer is, which this server cannot honour yet: an
-    agent that forces a tool call must not get prose back as if it had been honoured."""
+    """Fields that would change what the answer is, which this server cannot honour yet: a
+    client that asks for JSON must not get prose back as if it had been honoured."""
     if chat.json_format is not None:
         raise InvalidArgument(
             "response_format json_object and json_schema are not supported: this server cannot "
             "constrain answers to JSON yet"
         )
-    if chat.tools and chat.tool_choice.mode != "none":
-        raise InvalidArgument("tools are not supported: this server cannot call tools yet")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qfserve.chat.formats import ToolCall
 from qfserve.chat.safety import Hit, StreamGuard
+from qfserve.chat.tools import ToolUse
 from qfserve.engines.base import Engine, FinishReason, GenerationRequest
 from qfserve.metrics import RequestClock
 from qfserve.serving.request import Ending, Usage
@@ -38,6 +40,8 @@ class PreparedChat:
     clock: RequestClock
     guard: StreamGuard | None = None
     tally: Tally = field(default_factory=Tally)
+    # The tools the answer may call: it is read for calls. None: none are offered.
+    tools: ToolUse | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -49,9 +53,12 @@ class Answer:
     text: str  # the refusal when the answer was flagged
     ending: Ending
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
-def ending(finish: FinishReason, tally: Tally) -> Ending:
+def ending(finish: FinishReason, tally: Tally, *, called: bool = False) -> Ending:
     if tally.hit is not None:
         return "content_filter"
+    if called:
+        return "tool_calls"
     return "length" if finish == "length" else "stop"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from qfserve.chat.conversation import Message
-from qfserve.chat.formats import AUTO, JsonFormat, ToolChoice, ToolSpec
+from qfserve.chat.formats import AUTO, JsonFormat, ToolCall, ToolChoice, ToolSpec
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling
 from qfserve.chat.safety import Verdict
 from qfserve.errors import QfserveError
@@ -68,7 +68,8 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A whole answer. A flagged answer's text is the refusal."""
+    """A whole answer. A flagged answer's text is the refusal. An answer that calls tools has
+    its calls (ending "tool_calls") and, usually, no text."""
 
     request: ChatRequest
     request_id: str
@@ -76,6 +77,7 @@ class Completed:
     ending: Ending
     usage: Usage
     headers: dict[str, str]
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +85,16 @@ class Piece:
     """A part of a streamed answer: a sentence segment, or an engine's delta.
 
     The last piece has an `ending`, or an `error` when the answer failed after it began (the
-    dialect sends it as its stream's last event). `usage` is the running total so far."""
+    dialect sends it as its stream's last event). `usage` is the running total so far. An
+    answer's tool calls come whole on its last piece, ending "tool_calls": text that may be a
+    call is held back until it is known whether it is one."""
 
     text: str
     completion_tokens: int
     usage: Usage
     ending: Ending | None = None
     error: QfserveError | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def is_last(self) -> bool:

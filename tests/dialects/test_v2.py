@@ -151,16 +151,8 @@ def test_a_message_without_content_is_invalid_messages(
             },
             "response_format",
         ),
-        ({"tools": [{"type": "function", "function": {"name": "weather"}}]}, "tools"),
-        (
-            {
-                "tools": [{"type": "function", "function": {"name": "weather"}}],
-                "tool_choice": "required",
-            },
-            "tools",
-        ),
     ],
-    ids=["json_object", "json_schema", "tools", "tools-required"],
+    ids=["json_object", "json_schema"],
 )
 def test_what_the_server_cannot_honour_is_refused_clearly(
     qf: InProcess, key: str, fields: dict[str, Any], named: str
@@ -179,37 +171,6 @@ def test_tools_with_tool_choice_none_are_accepted(qf: InProcess, key: str) -> No
 def test_plain_text_response_format_is_accepted(qf: InProcess, key: str, stream: bool) -> None:
     ask = Ask(stream=stream, wire={"response_format": {"type": "text"}})
     assert V2.reply(V2.post(qf, key, ask), ask).text == ANSWER
-
-
-@pytest.mark.parametrize(
-    "history",
-    [
-        [
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "weather", "arguments": "{}"},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
-        ],
-        [
-            {"role": "assistant", "content": "Let me look"},
-            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
-        ],
-    ],
-    ids=["tool-calls", "tool-role"],
-)
-def test_tool_messages_are_refused(qf: InProcess, key: str, history: list[dict[str, Any]]) -> None:
-    messages = [*HI, *history, {"role": "user", "content": "And so?"}]
-    message = refused(chat(qf, key, messages=messages), "invalid_argument", 400)
-    assert "tool" in message
-    assert qf.engine.requests == []
 
 
 def test_unknown_and_unhonoured_fields_are_accepted_and_ignored(qf: InProcess, key: str) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from qfserve.chat.formats import ToolCall, ToolChoice, ToolSpec
 from qfserve.engines.base import Delta, GenerationRequest, SamplingParams
 from qfserve.engines.registry import bundled_model_path
 from qfserve.engines.remote import RemoteEngine, RemoteSettings
@@ -102,6 +103,8 @@ class FakeUpstream:
         default_factory=lambda: {"prompt_tokens": 11, "completion_tokens": 3}
     )
     finish: str = "stop"
+    # Chat deltas sent after the chunks' (tool call fragments, say).
+    deltas: list[dict[str, Any]] = field(default_factory=list)
     gate_after: int = 0
     health: dict[str, int] = field(default_factory=dict)  # "name/path": status
     posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -198,6 +201,8 @@ class FakeUpstream:
             if n == self.gate_after and behavior == "gated":
                 self.at_gate += 1
                 await self.gate.wait()
+        for delta in self.deltas if chat else ():
+            yield event({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
         done: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         yield event({"choices": [{"index": 0, **done, "finish_reason": self.finish}]})
         if self.usage is not None:
@@ -521,6 +526,78 @@ def test_stop_strings_and_finish_reasons() -> None:
             assert (text_of(deltas), deltas[-1].finish_reason) == ("Hello STOP more", "length")
         finally:
             await engine.close()
+
+    run(scenario())
+
+
+def test_tools_go_upstream_and_its_calls_come_back() -> None:
+    def fragment(**call: Any) -> dict[str, Any]:
+        return {"tool_calls": [{"index": 0, **call}]}
+
+    async def scenario() -> None:
+        fake = FakeUpstream(
+            chunks=[],
+            finish="tool_calls",
+            deltas=[
+                fragment(id="call_up", type="function", function={"name": "weather"}),
+                fragment(function={"arguments": '{"city": '}),
+                fragment(function={"arguments": '"Paris"}'}),
+            ],
+        )
+        engine = await started(fake, "a")
+        earlier = ToolCall("call_0", "weather", '{"city": "Rome"}')
+        request = replace(
+            chat(),
+            messages=(
+                ("system", "Be brief."),
+                ("user", "Weather?"),
+                ("assistant", ""),
+                ("tool", "Rainy"),
+                ("assistant", "Rainy."),
+                ("user", "And Paris?"),
+            ),
+            message_calls=(
+                ((), None),
+                ((), None),
+                ((earlier,), None),
+                ((), "call_0"),
+                ((), None),
+                ((), None),
+            ),
+            tools=(ToolSpec("weather", "The weather", {"type": "object"}),),
+            tool_choice=ToolChoice("function", "weather"),
+            parallel_tool_calls=False,
+        )
+        try:
+            deltas = await collect(engine, request)
+        finally:
+            await engine.close()
+        assert deltas[-1].finish_reason == "stop" and text_of(deltas) == ""
+        assert deltas[-1].tool_calls == (ToolCall("call_up", "weather", '{"city": "Paris"}'),)
+        ((_, _, body),) = fake.posts
+        assert body["tools"] == [
+            {
+                "type": "function",
+                "function": {
+                    "name": "weather",
+                    "description": "The weather",
+                    "parameters": {"type": "object"},
+                },
+            }
+        ]
+        assert body["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
+        assert body["parallel_tool_calls"] is False
+        called, answered = body["messages"][2], body["messages"][3]
+        assert called["content"] is None
+        assert called["tool_calls"] == [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city": "Rome"}'},
+            }
+        ]
+        assert answered == {"role": "tool", "content": "Rainy", "tool_call_id": "call_0"}
+        assert "tools" not in request_body("m", chat())[1]
 
     run(scenario())
 

@@ -1,8 +1,8 @@
 """OpenAI's chat completions wire models, the part qfserve serves. No logic here.
 
 Unknown fields are accepted and ignored (clients send many: `logprobs`, `logit_bias`, ...); those
-that would change the answer's meaning and that qfserve cannot honour (`response_format`, `tools`)
-are parsed here and refused by the pipeline.
+that would change the answer's meaning and that qfserve cannot honour (`response_format`) are
+parsed here and refused by the pipeline.
 """
 
 from __future__ import annotations
@@ -24,9 +24,23 @@ class TextPart(WireModel):
     text: str
 
 
+class FunctionCall(WireModel):
+    name: str
+    # A JSON text, as OpenAI sends it; an object is taken too.
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallPart(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(WireModel):
     role: str
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallPart] | None = None  # an assistant's calls of the client's tools
+    tool_call_id: str | None = None  # the call a `tool` message answers
 
     def text(self) -> str:
         if isinstance(self.content, list):

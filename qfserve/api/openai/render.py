@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
 from qfserve.api.responses import EventStreamResponse, one_line
+from qfserve.chat.formats import ToolCall
 from qfserve.errors import QfserveError
 from qfserve.serving.request import Completed, Ending, Outcome, Refused, Streaming, Usage
 
@@ -90,6 +91,10 @@ class OpenAIShape:
             body = self.completion(response_id, outcome, outcome.text, "content_filter", outcome)
         else:
             body = self.completion(response_id, outcome, outcome.text, outcome.ending)
+            if outcome.tool_calls:
+                message = body["choices"][0]["message"]
+                message["content"] = outcome.text or None
+                message["tool_calls"] = tool_calls(outcome.tool_calls)
         return JSONResponse(body, headers=headers)
 
     def completion(
@@ -120,7 +125,7 @@ class OpenAIShape:
         self,
         response_id: str,
         model: str,
-        delta: dict[str, str],
+        delta: dict[str, Any],
         ending: Ending | None = None,
         refused: Refused | None = None,
     ) -> bytes:
@@ -156,6 +161,9 @@ class OpenAIShape:
         ending = outcome.ending if isinstance(outcome, Completed) else "content_filter"
         delta = {"role": "assistant", "content": outcome.text}
         out = self.chunk(response_id, model, delta, refused=refused)
+        if isinstance(outcome, Completed) and outcome.tool_calls:
+            calls = {"tool_calls": tool_calls(outcome.tool_calls, indexed=True)}
+            out += self.chunk(response_id, model, calls)
         out += self.chunk(response_id, model, {}, ending, refused)
         if outcome.request.include_usage:
             out += self.usage_chunk(response_id, model, outcome.usage)
@@ -174,6 +182,9 @@ class OpenAIShape:
                 if piece.error is not None:
                     yield out + self.stream_error(piece.error) + DONE
                     return
+                if piece.tool_calls:
+                    calls = {"tool_calls": tool_calls(piece.tool_calls, indexed=True)}
+                    out += self.chunk(response_id, model, calls)
                 if piece.ending is not None:
                     out += self.chunk(response_id, model, {}, piece.ending)
                     if outcome.request.include_usage:
@@ -184,6 +195,20 @@ class OpenAIShape:
                     yield out
         finally:
             await outcome.aclose()
+
+
+def tool_calls(calls: Sequence[ToolCall], *, indexed: bool = False) -> list[dict[str, Any]]:
+    """Calls as a message carries them; in a stream's delta each with its `index` too (the
+    whole call in one delta: its arguments are known only once the answer is complete)."""
+    return [
+        {
+            **({"index": index} if indexed else {}),
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for index, call in enumerate(calls)
+    ]
 
 
 OPENAI = OpenAIShape()

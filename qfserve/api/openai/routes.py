@@ -4,6 +4,7 @@ statuses, answered by the app's handler."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from qfserve.api.openai.protocol import (
 )
 from qfserve.api.openai.render import OPENAI
 from qfserve.chat.conversation import Message
-from qfserve.chat.formats import AUTO, JsonFormat, ToolChoice, ToolSpec
+from qfserve.chat.formats import AUTO, JsonFormat, ToolCall, ToolChoice, ToolSpec
 from qfserve.chat.params import OPENAI as OPENAI_RULES
 from qfserve.chat.params import DialectRules, RequestedSampling
 from qfserve.config import Settings
@@ -96,8 +97,23 @@ def chat_request(
 def conversation(messages: list[ChatMessage]) -> tuple[str | None, list[Message]]:
     """System (and developer) messages become the system prompt; the rest the conversation."""
     system = [m.text() for m in messages if m.role in ("system", "developer")]
-    turns = [Message(m.role, m.text()) for m in messages if m.role not in ("system", "developer")]
+    turns = [message(m) for m in messages if m.role not in ("system", "developer")]
     return ("\n\n".join(system) or None), turns
+
+
+def message(wire: ChatMessage) -> Message:
+    """One message of the conversation, with its tool calls, or the call it answers."""
+    calls = tuple(
+        ToolCall(
+            part.id,
+            part.function.name,
+            part.function.arguments
+            if isinstance(part.function.arguments, str)
+            else json.dumps(part.function.arguments, ensure_ascii=False),
+        )
+        for part in wire.tool_calls or ()
+    )
+    return Message(wire.role, wire.text(), calls, wire.tool_call_id)
 
 
 def sampling(body: ChatCompletionRequest) -> RequestedSampling:

@@ -17,8 +17,6 @@ from qfserve.api.openai.protocol import ChatMessage
 
 class V2Message(ChatMessage):
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
 
 
 class ChatCompletionRequest(OpenAIChatCompletionRequest):

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import AccessGate, Credentials
 from qfserve.api.calls import parse_json, read_body, run_chat
-from qfserve.api.openai.routes import bearer, chat_request
+from qfserve.api.openai.routes import bearer, chat_request, message
 from qfserve.api.openai.routes import sampling as openai_sampling
 from qfserve.api.qianfan_v2.protocol import ChatCompletionRequest, V2Message
 from qfserve.api.qianfan_v2.render import QIANFAN_V2
@@ -21,7 +21,7 @@ from qfserve.chat.conversation import Message
 from qfserve.chat.params import QIANFAN_V2 as V2_RULES
 from qfserve.chat.params import RequestedSampling
 from qfserve.config import Settings
-from qfserve.errors import InvalidArgument, InvalidMessages
+from qfserve.errors import InvalidMessages
 from qfserve.serving.chat import ChatServing
 from qfserve.serving.pipeline import ChatPipeline
 from qfserve.serving.request import ChatRequest
@@ -72,17 +72,12 @@ def credentials(request: Request) -> Credentials:
 
 
 def conversation(messages: list[V2Message]) -> tuple[str | None, list[Message]]:
-    """A system message may only come first; tool calls in the history need tool support."""
-    for index, message in enumerate(messages):
-        if message.role == "system" and index > 0:
-            raise InvalidMessages("a system message must be the first message")
-        if message.role == "tool" or message.tool_calls:
-            raise InvalidArgument(
-                "tool calls in the messages are not supported: this server cannot call tools yet"
-            )
+    """A system message may only come first."""
+    if any(wire.role == "system" for wire in messages[1:]):
+        raise InvalidMessages("a system message must be the first message")
     if messages and messages[0].role == "system":
-        return messages[0].text() or None, [Message(m.role, m.text()) for m in messages[1:]]
-    return None, [Message(m.role, m.text()) for m in messages]
+        return messages[0].text() or None, [message(m) for m in messages[1:]]
+    return None, [message(m) for m in messages]
 
 
 def sampling(body: ChatCompletionRequest) -> RequestedSampling:

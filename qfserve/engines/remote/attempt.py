@@ -124,7 +124,7 @@ class Attempt:
         async def until_first_token() -> None:
             while (chunk := await self._next_chunk()) is not None:
                 self._first.append(chunk)
-                if chunk.text or chunk.finish_reason:
+                if chunk.text or chunk.calls or chunk.finish_reason:
                     return
 
         await self._within(call, deadline, until_first_token)

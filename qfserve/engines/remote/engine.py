@@ -43,6 +43,7 @@ from qfserve.engines.remote.tokens import GgufVocab, estimate_tokens
 from qfserve.engines.remote.wire import (
     CHAT_PATH,
     AttemptFailed,
+    CallJoiner,
     Chunk,
     Failure,
     Usage,
@@ -222,6 +223,7 @@ class RemoteEngine:
         sent = pending = 0
         usage: Usage | None = None
         finish: FinishReason | None = None
+        calls = CallJoiner()  # the answer's tool calls, given whole on the last delta
         try:
             # Failover up to the first token, each healthy replica tried at most once.
             tried: list[Replica] = []
@@ -258,6 +260,9 @@ class RemoteEngine:
                 chunk := await self._next(call, attempt, finished=finish is not None)
             ) is not None:
                 usage = chunk.usage or usage
+                if chunk.calls and finish is None:
+                    calls.add(chunk.calls)
+                    pending += 1
                 if chunk.text and finish is None:
                     pending += 1
                     text = stops.feed(chunk.text.encode())
@@ -282,7 +287,7 @@ class RemoteEngine:
             prompt = usage.prompt_tokens if usage is not None else None
             cached = usage.cached_tokens if usage is not None else None
             sent, pending = sent + last, 0
-            yield Delta(stops.flush(), last, finish, prompt, cached)
+            yield Delta(stops.flush(), last, finish, prompt, cached, calls.calls())
         finally:
             if attempt is not None:
                 attempt.close()

@@ -7,6 +7,8 @@ Upstreams differ in small ways absorbed here:
 - the repetition penalty: vLLM and SGLang read `repetition_penalty`, llama.cpp's servers
   `repeat_penalty`; each ignores the other's name, so both are sent.
 - errors after the headers: vLLM reports them as a `data: {"error": ...}` event, not a status.
+- tool calls: offered as OpenAI's `tools`/`tool_choice`, answered as `delta.tool_calls` fragments
+  (the first of a call with its id and name, the arguments in pieces), joined by `index`.
 
 Everything aiohttp can raise becomes an `AttemptFailed` in `translate`, so the engine decides
 between failover and an error for the client from one `Failure` kind, never from aiohttp's types.
@@ -22,6 +24,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
+from qfserve.chat.formats import ToolCall, ToolChoice
 from qfserve.engines.base import FinishReason, GenerationRequest
 from qfserve.errors import InternalError
 
@@ -57,12 +60,45 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class CallPart:
+    """A fragment of a streamed tool call: the call at `index`, its id and name (on its first
+    fragment) and the next piece of its arguments."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
-    """One streamed event's worth of answer: any of the three parts may be absent."""
+    """One streamed event's worth of answer: any of the parts may be absent."""
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    calls: tuple[CallPart, ...] = ()
+
+
+class CallJoiner:
+    """The calls of an answer, from their streamed fragments."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, list[str]] = {}  # index: [id, name, arguments]
+
+    def add(self, parts: tuple[CallPart, ...]) -> None:
+        for part in parts:
+            joined = self._parts.setdefault(part.index, ["", "", ""])
+            joined[0] = joined[0] or part.id
+            joined[1] = joined[1] or part.name
+            joined[2] += part.arguments
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(call_id or f"call_{index}", name, arguments or "{}")
+            for index, (call_id, name, arguments) in sorted(self._parts.items())
+            if name
+        )
 
 
 class _Done:
@@ -98,12 +134,46 @@ def request_body(model: str, request: GenerationRequest) -> tuple[str, dict[str,
         body["seed"] = sampling.seed
     if request.messages:
         body["messages"] = [{"role": role, "content": text} for role, text in request.messages]
+        for message, (calls, answers) in zip(body["messages"], request.message_calls, strict=False):
+            if calls:
+                message["tool_calls"] = [_wire_call(call) for call in calls]
+                message["content"] = message["content"] or None
+            if answers is not None:
+                message["tool_call_id"] = answers
+        if request.tools and request.tool_choice is not None:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": dict(tool.parameters) or {"type": "object"},
+                    },
+                }
+                for tool in request.tools
+            ]
+            body["tool_choice"] = _wire_choice(request.tool_choice)
+            body["parallel_tool_calls"] = request.parallel_tool_calls
         return CHAT_PATH, body
     if request.prompt_text:
         body["prompt"] = request.prompt_text
         return COMPLETIONS_PATH, body
     # Token ids alone cannot be sent: they are our tokenizer's, and may be estimates.
     raise InternalError("a remote engine needs the request's messages or prompt text")
+
+
+def _wire_call(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def _wire_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
 
 
 def finish_reason(upstream: str) -> FinishReason:
@@ -129,6 +199,7 @@ def parse_line(line: str, *, chat: bool) -> Chunk | _Done | None:
     if "error" in event or event.get("object") == "error":
         raise AttemptFailed(Failure.SERVER, f"error event: {payload[:500]}")
     text, reason = "", None
+    calls: tuple[CallPart, ...] = ()
     choices = event.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
@@ -137,8 +208,33 @@ def parse_line(line: str, *, chat: bool) -> Chunk | _Done | None:
         text = content if isinstance(content, str) else ""
         reason = choice.get("finish_reason")
         reason = reason if isinstance(reason, str) else None
+        if chat and isinstance(part, dict) and isinstance(part.get("tool_calls"), list):
+            calls = _call_parts(part["tool_calls"])
     usage = event.get("usage")
-    return Chunk(text, reason, _usage(usage) if isinstance(usage, dict) else None)
+    return Chunk(text, reason, _usage(usage) if isinstance(usage, dict) else None, calls)
+
+
+def _call_parts(wire: list[Any]) -> tuple[CallPart, ...]:
+    parts: list[CallPart] = []
+    for position, item in enumerate(wire):
+        if not isinstance(item, dict):
+            continue
+        function = item.get("function")
+        function = function if isinstance(function, dict) else {}
+        index = item.get("index")
+        parts.append(
+            CallPart(
+                index if isinstance(index, int) else position,
+                _text(item.get("id")),
+                _text(function.get("name")),
+                _text(function.get("arguments")),
+            )
+        )
+    return tuple(parts)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _usage(usage: dict[str, Any]) -> Usage:
