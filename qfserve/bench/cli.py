@@ -150,9 +150,10 @@ def bench(
     """Measure the throughput and latency of qfserve and OpenAI-compatible servers.
 
     Output tokens/s, and time to first token, inter-token and end-to-end latency (p50/p95/p99),
-    at each concurrency level; then long conversations resent turn by turn, and clients that all
-    disconnect at once. Each is checked against qfserve's performance targets (listed in the
-    report and in bench/README.md).
+    at each concurrency level; then long conversations resent turn by turn, structured output
+    (the same prompts free and with a JSON schema), and clients that all disconnect at once.
+    Each is checked against qfserve's performance targets (listed in the report and in
+    bench/README.md).
     """
     import asyncio
 

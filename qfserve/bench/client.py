@@ -10,6 +10,7 @@ content chunks. Each record says which of these it used (`counted_by`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -75,6 +76,22 @@ class Sampling:
 
 
 def request_body(
+    target: Target,
+    messages: list[dict[str, str]],
+    sampling: Sampling,
+    response_format: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The streaming request of `target`'s dialect; `response_format` (OpenAI's, for the
+    OpenAI-shaped routes only) asks for an answer in that shape."""
+    if response_format is not None and target.dialect is Dialect.QIANFAN:
+        raise ValueError("response_format is asked on an OpenAI-shaped route, not on Qianfan V1")
+    body = _sampled_body(target, messages, sampling)
+    if response_format is not None:
+        body["response_format"] = dict(response_format)
+    return body
+
+
+def _sampled_body(
     target: Target, messages: list[dict[str, str]], sampling: Sampling
 ) -> dict[str, Any]:
     if target.dialect is Dialect.QIANFAN:
@@ -186,6 +203,7 @@ async def stream_chat(
     target: Target,
     messages: list[dict[str, str]],
     sampling: Sampling,
+    response_format: Mapping[str, Any] | None = None,
 ) -> RequestRecord:
     """Stream one answer. Without usage in the stream, `output_tokens` is left for
     `count_tokens`."""
@@ -197,7 +215,7 @@ async def stream_chat(
             target.chat_url(),
             params=target.params(),
             headers=target.headers(),
-            json=request_body(target, messages, sampling),
+            json=request_body(target, messages, sampling, response_format),
             timeout=TIMEOUT,
         ) as response:
             if response.status_code != 200 or "event-stream" not in response.headers.get(

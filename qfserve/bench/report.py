@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from qfserve.bench.stats import ratio
+from qfserve.bench.structured_report import structured_lines, structured_targets
 
 PRIMARY = "qfserve"
 COMPARED = "llama_cpp.server"
@@ -166,6 +167,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"{_fmt(gone.get('running_before'), 0)} running; "
         + ("stayed at 0" if gone.get("stayed_zero_s") else "did not stay at 0"),
     ))  # fmt: skip
+    if "structured" in results:
+        found += structured_targets(results["structured"])
     return found
 
 
@@ -266,6 +269,7 @@ def markdown(results: dict[str, Any], command: str = "") -> str:
         rows.append(results["baseline"])
     out += ["", "## Load", "", *load_table(rows)]
     out += _conversation_lines(results.get("conversations", []))
+    out += structured_lines(results.get("structured"))
     out += _disconnect_lines(results.get("disconnect"))
     out += ["", "## How to read this", "", *NOTES]
     return "\n".join(out) + "\n"
@@ -329,5 +333,8 @@ NOTES = [
     "- r1-r3 (when llama.cpp's `llama-server` was given): the same ratios for the C++ server on",
     "  the same workload. Prompts here are about as long as answers, and prefill does not batch",
     "  much better than decoding on 2 cores, so no server reaches a decode-only batching gain.",
+    "- s1-s3 (structured output): qfserve's OpenAI route, the same prompts free and with a JSON",
+    "  schema, in the same run; s3 compares tokens/s per stream (answered tokens over the time",
+    "  their requests took), which a stream idle at the end of a run does not dilute.",
     "- Figures vary about 10% from run to run on this kind of machine: compare within one run.",
 ]

@@ -66,6 +66,15 @@ def output_tokens_per_s(records: Iterable[RequestRecord], wall_s: float) -> floa
     return total / wall_s if wall_s > 0 else None
 
 
+def per_stream_tokens_per_s(records: Iterable[RequestRecord]) -> float | None:
+    """What one client gets: the answered tokens over the time their requests took, end to end
+    (queueing and prefill included). Unlike the aggregate over the wall time, it does not count
+    the time a stream sat idle at the end of a run waiting for others to finish."""
+    ok = [r for r in records if r.ok]
+    seconds = sum(r.e2e_s for r in ok)
+    return sum(r.output_tokens for r in ok) / seconds if seconds > 0 else None
+
+
 def summarize(run: RunResult) -> dict[str, Any]:
     ok = [r for r in run.records if r.ok]
     errors = [r.error for r in run.records if r.error is not None]

@@ -20,12 +20,15 @@ from qfserve.bench.report import machine, recorded_path, targets
 from qfserve.bench.runner import progress_bar, run_load, warm_up
 from qfserve.bench.scenarios import run_conversations, run_disconnect
 from qfserve.bench.stats import RunResult, merge, summarize
+from qfserve.bench.structured import run_structured
 from qfserve.bench.workload import (
     SCENARIOS,
     Prompt,
+    StructuredWorkload,
     default_dir,
     load_conversations,
     load_prompts,
+    load_structured,
 )
 
 
@@ -122,6 +125,9 @@ async def _measure(
     folder = options.workload or default_dir()
     prompts = load_prompts(folder / "prompts.json")
     conversations = load_conversations(folder / "conversations.json")[: options.conversations]
+    structured = (
+        load_structured(folder / "structured.json") if "structured" in options.scenarios else None
+    )
     measured = await _start_targets(options, model, workdir, started, console)
     results: dict[str, Any] = {
         "schema": 1,
@@ -142,6 +148,8 @@ async def _measure(
                 for target in measured
                 for played in await run_conversations(target, conversations, options.sampling)
             ]
+        if structured is not None:
+            results["structured"] = await _structured(options, measured, structured, progress)
     qianfan = [t for t in measured if t.dialect is Dialect.QIANFAN]
     if "disconnect" in options.scenarios and qianfan:
         console.print(f"disconnect: {options.disconnect_clients} clients at once")
@@ -149,6 +157,23 @@ async def _measure(
             qianfan[0], prompts, options.sampling, options.disconnect_clients
         )
     return results
+
+
+async def _structured(
+    options: BenchOptions,
+    measured: list[Target],
+    workload: StructuredWorkload,
+    progress: Progress,
+) -> dict[str, Any]:
+    """qfserve's (the first Qianfan target's) structured output, at the run's levels."""
+    qfserve = next((t for t in measured if t.dialect is Dialect.QIANFAN), None)
+    if qfserve is None:
+        note = "not measured: no qfserve among the targets (--standard or --url)"
+        return {"peer": "qfserve", "available": False, "note": note}
+    return await run_structured(
+        qfserve, workload, levels=options.concurrency, requests_for=options.requests_for,
+        sampling=options.sampling, rounds=options.rounds, progress=progress,
+    )  # fmt: skip
 
 
 async def _start_targets(

@@ -1,9 +1,10 @@
-"""The bench's fixed workload: `bench/prompts.json` and `bench/conversations.json`."""
+"""The bench's fixed workload: `bench/prompts.json`, `bench/conversations.json` and
+`bench/structured.json`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ from typing import Any
 # server forgets the oldest rounds (and a prefix cache can no longer match the history).
 SPEC_TOTAL_CHARS = 2000
 # What a run can measure, in the order it measures them: load at each concurrency level (with
-# the baseline at concurrency 1), then the conversations, then the disconnect.
-SCENARIOS = ("load", "baseline", "conversation", "disconnect")
+# the baseline at concurrency 1), then the conversations, then structured output, then the
+# disconnect.
+SCENARIOS = ("load", "baseline", "conversation", "structured", "disconnect")
 
 
 # The unmeasured request before a server's first run: not one of the prompts, which would then
@@ -64,12 +66,16 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_prompts(path: Path) -> list[Prompt]:
-    items = _read(path).get("prompts") or []
+def _prompts(path: Path, data: dict[str, Any]) -> list[Prompt]:
+    items = data.get("prompts") or []
     prompts = [Prompt(str(p["id"]), str(p.get("lang", "")), str(p["prompt"])) for p in items]
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts
+
+
+def load_prompts(path: Path) -> list[Prompt]:
+    return _prompts(path, _read(path))
 
 
 def load_conversations(path: Path) -> list[Conversation]:
@@ -83,3 +89,28 @@ def load_conversations(path: Path) -> list[Conversation]:
             raise ValueError(f"{path}: {c['id']}: history_chars is above {SPEC_TOTAL_CHARS}")
         found.append(Conversation(str(c["id"]), str(c.get("lang", "")), tuple(c["turns"]), chars))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredWorkload:
+    """Prompts that ask for the data of one JSON Schema, asked free and constrained to it."""
+
+    name: str
+    schema: Mapping[str, Any]
+    prompts: tuple[Prompt, ...]
+
+    def response_format(self) -> dict[str, Any]:
+        """OpenAI's `response_format` asking for this schema, strictly."""
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": self.name, "schema": self.schema, "strict": True},
+        }
+
+
+def load_structured(path: Path) -> StructuredWorkload:
+    data = _read(path)
+    schema = data.get("schema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise ValueError(f"{path}: expected a JSON Schema of an object under 'schema'")
+    name = str(data.get("name") or "answer")
+    return StructuredWorkload(name, schema, tuple(_prompts(path, data)))

@@ -23,6 +23,7 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
         sys.executable, "-m", "qfserve.bench", "--standard",
         "--requests", "2", "--concurrency", "1,2", "--max-tokens", "16", "--rounds", "1",
         "--conversations", "1", "--clients", "4",
+        "--scenarios", "load,baseline,conversation,disconnect",
         "--json", str(results_file), "--output", str(page),
         *(["--compare"] if compare else []),
     ]  # fmt: skip
@@ -64,6 +65,49 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "c", "d"]
     assert page.read_text().startswith("# qfserve bench results")
     assert json.loads(page.with_suffix(".json").read_text()) == results
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the pipeline refuses response_format (HTTP 400) until structured output is merged",
+)
+@pytest.mark.timeout(600)
+def test_tiny_structured_bench(tmp_path: Path) -> None:
+    page = tmp_path / "RESULTS.md"
+    command = [
+        sys.executable, "-m", "qfserve.bench", "--standard", "--scenarios", "structured",
+        "--requests", "2", "--concurrency", "1,2", "--max-tokens", "16", "--rounds", "1",
+        "--output", str(page),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=580, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(page.with_suffix(".json").read_text())
+    assert "load" not in results or results["load"] == []
+
+    structured = results["structured"]
+    assert structured["available"], structured.get("note")
+    cases = [(c["case"], c["concurrency"], c["streams"]) for c in structured["cases"]]
+    assert cases == [
+        ("free", 1, 1),
+        ("schema", 1, 1),
+        ("free", 2, 2),
+        ("schema", 2, 2),
+        ("mixed_free", 2, 1),
+        ("mixed_schema", 2, 1),
+    ]
+    for case in structured["cases"]:
+        assert case["errors"] == 0, case["first_errors"]
+        assert case["counted_by"] == {"usage": case["requests"]}
+        assert 0 < case["output_tokens"] <= case["requests"] * 16
+        assert case["output_tokens_per_s"] > 0 and case["per_stream_tokens_per_s"] > 0
+        assert case["peak_rss_bytes"] > 0
+        if case["case"] in ("schema", "mixed_schema"):
+            assert case["json_answers"] == case["requests"]
+
+    found = {t["id"]: t for t in results["targets"]}
+    for key in ("s1", "s2", "s3"):
+        assert found[key]["value"] is not None and found[key]["value"] > 0
+    assert "## Structured output: a JSON schema vs free text" in page.read_text()
 
 
 @pytest.mark.timeout(300)
