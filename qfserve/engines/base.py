@@ -10,9 +10,9 @@ went away) frees the sequence within one decode step. Aborting is idempotent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -39,6 +39,9 @@ class GenerationRequest:
     prompt_text: str = ""
     # A GBNF grammar (root rule `root`) the answer must keep to; None: free.
     grammar: str | None = None
+    # The same constraint as OpenAI's `response_format`, for engines whose upstream builds its
+    # own grammar (remote ones); None: free.
+    response_format: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,13 @@ import anyio
 import anyio.to_thread
 
 from qfserve.chat.conversation import Message, check_messages, fit_conversation
+from qfserve.chat.formats import (
+    JsonFormat,
+    grammar_for,
+    instruction,
+    openai_response_format,
+    schema_text,
+)
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
     ModeratorSource,
@@ -84,6 +91,8 @@ class ChatServing:
         system: str | None,
         asked: RequestedSampling,
         rules: DialectRules = QIANFAN,
+        *,
+        json_format: JsonFormat | None = None,
     ) -> PreparedChat:
         endpoint, engine = self.endpoint(endpoint_name)
         check_messages(
@@ -94,6 +103,13 @@ class ChatServing:
         if system and len(system) > endpoint.max_system_chars:
             raise TooManyCharacters(f"the max length of system is {endpoint.max_system_chars}")
         sampling = resolve_sampling(asked, endpoint, rules)
+        grammar = None
+        if json_format is not None:
+            grammar = await self._grammar(json_format)
+            # Told as well as constrained: see `instruction`.
+            system = (
+                f"{system}\n\n{instruction(json_format)}" if system else instruction(json_format)
+            )
         template = self._template(endpoint, engine)
         # Forgetting renders and tokenizes the conversation: on a worker thread, so that a long
         # one never holds up the event loop (llama.cpp's tokenizer only reads the vocabulary).
@@ -118,10 +134,26 @@ class ChatServing:
             (m.role, m.content) for m in fitted.kept_messages
         )
         generation = GenerationRequest(
-            request_id, fitted.prompt_tokens, sampling, turns, fitted.prompt_text
+            request_id,
+            fitted.prompt_tokens,
+            sampling,
+            turns,
+            fitted.prompt_text,
+            grammar=grammar,
+            response_format=openai_response_format(json_format) if json_format else None,
         )
         guard = StreamGuard(self._moderators.moderator) if self._moderators else None
         return PreparedChat(engine, generation, self._metrics.clock(endpoint.name), guard)
+
+    async def _grammar(self, json_format: JsonFormat) -> str:
+        """The answer's grammar, which also refuses a schema it cannot be made from (before any
+        generation). Converting a large schema takes milliseconds: off the event loop, as
+        fitting a long conversation."""
+        text = schema_text(json_format)
+        convert = functools.partial(grammar_for, text, json_format.strict)
+        if len(text) <= _SHORT_SCHEMA_CHARS:
+            return convert()
+        return await anyio.to_thread.run_sync(convert, limiter=self._fitting)
 
     async def screen(self, messages: list[Message]) -> Verdict | None:
         """Check every user message as the client sent it, before any generation."""
@@ -260,6 +292,8 @@ class ChatServing:
 # event loop itself.
 _SHORT_MESSAGES = 8
 _SHORT_CHARS = 2000
+# Schemas up to this many characters (as compact JSON) are converted on the event loop itself.
+_SHORT_SCHEMA_CHARS = 1000
 
 
 def _is_short(messages: list[Message], system: str | None) -> bool:

@@ -54,7 +54,13 @@ class ChatPipeline:
             self._gate.permit(app, chat.endpoint)
             _refuse_unsupported(chat)
             prepared = await self._serving.prepare(
-                request_id, chat.endpoint, chat.messages, chat.system, chat.sampling, chat.rules
+                request_id,
+                chat.endpoint,
+                chat.messages,
+                chat.system,
+                chat.sampling,
+                chat.rules,
+                json_format=chat.json_format,
             )
             call.prompt_tokens = prepared.prompt_tokens
             await self._gate.admit(
@@ -139,10 +145,5 @@ async def _settled(
 def _refuse_unsupported(chat: ChatRequest) -> None:
     """Fields that would change what the answer is, which this server cannot honour yet: an
     agent that forces a tool call must not get prose back as if it had been honoured."""
-    if chat.json_format is not None:
-        raise InvalidArgument(
-            "response_format json_object and json_schema are not supported: this server cannot "
-            "constrain answers to JSON yet"
-        )
     if chat.tools and chat.tool_choice.mode != "none":
         raise InvalidArgument("tools are not supported: this server cannot call tools yet")

@@ -141,16 +141,6 @@ def test_a_message_without_content_is_invalid_messages(
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": {}},
-                }
-            },
-            "response_format",
-        ),
         ({"tools": [{"type": "function", "function": {"name": "weather"}}]}, "tools"),
         (
             {
@@ -160,7 +150,7 @@ def test_a_message_without_content_is_invalid_messages(
             "tools",
         ),
     ],
-    ids=["json_object", "json_schema", "tools", "tools-required"],
+    ids=["tools", "tools-required"],
 )
 def test_what_the_server_cannot_honour_is_refused_clearly(
     qf: InProcess, key: str, fields: dict[str, Any], named: str
