@@ -178,13 +178,15 @@ def test_errors_are_openai_exceptions(server: Server, client: openai.OpenAI) -> 
         client.chat.completions.create(model="no_such_model", messages=HI, max_tokens=4)
     assert unknown.value.status_code == 400 and unknown.value.code == "invalid_model"
 
-    unanchored = {"name": "x", "schema": {"type": "string", "pattern": "[a-z]+"}}
     with pytest.raises(openai.BadRequestError) as json_mode:
         client.chat.completions.create(
             model=MODEL,
             messages=HI,
             max_tokens=4,
-            response_format={"type": "json_schema", "json_schema": unanchored},
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "[a-z]+"}},
+            },
         )
     assert json_mode.value.status_code == 400 and json_mode.value.code == "invalid_argument"
     with pytest.raises(openai.BadRequestError) as empty:
