@@ -73,6 +73,10 @@ class EndpointSettings(BaseModel):
     health_interval_seconds: float = Field(default=5.0, gt=0)
     health_timeout_seconds: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=256, gt=0)
+    # How `response_format`'s JSON Schema is sent upstream: "json_schema" (OpenAI's shape: vLLM,
+    # SGLang, llama-server) or "json_object" (`{"type": "json_object", "schema": ...}`, the only
+    # one llama-cpp-python's server reads).
+    upstream_schema_format: Literal["json_schema", "json_object"] = "json_schema"
 
     @model_validator(mode="after")
     def _remote_needs_upstreams(self) -> EndpointSettings:

@@ -10,9 +10,9 @@ went away) frees the sequence within one decode step. Aborting is idempotent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from qfserve.chat.formats import ToolCall, ToolChoice, ToolSpec
 
@@ -48,6 +48,9 @@ class GenerationRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     message_calls: tuple[tuple[tuple[ToolCall, ...], str | None], ...] = ()
+    # The same constraint as OpenAI's `response_format`, for engines whose upstream builds its
+    # own grammar (remote ones); None: free.
+    response_format: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ def remote_engine(endpoint: EndpointSettings) -> Engine:
             health_interval=endpoint.health_interval_seconds,
             health_timeout=endpoint.health_timeout_seconds,
             max_connections=endpoint.max_connections,
+            schema_format=endpoint.upstream_schema_format,
         ),
     )
 

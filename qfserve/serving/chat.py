@@ -15,7 +15,14 @@ import anyio
 import anyio.to_thread
 
 from qfserve.chat.conversation import Message, check_messages, fit_conversation
-from qfserve.chat.formats import ToolCall
+from qfserve.chat.formats import (
+    JsonFormat,
+    ToolCall,
+    grammar_for,
+    instruction,
+    openai_response_format,
+    schema_text,
+)
 from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
 from qfserve.chat.safety import (
     ModeratorSource,
@@ -34,6 +41,7 @@ from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import (
     EngineUnavailable,
     InternalError,
+    InvalidArgument,
     QfserveError,
     TooManyCharacters,
     UnknownEndpoint,
@@ -89,6 +97,8 @@ class ChatServing:
         asked: RequestedSampling,
         rules: DialectRules = QIANFAN,
         tools: ToolUse | None = None,
+        *,
+        json_format: JsonFormat | None = None,
     ) -> PreparedChat:
         endpoint, engine = self.endpoint(endpoint_name)
         check_messages(
@@ -99,6 +109,13 @@ class ChatServing:
         if system and len(system) > endpoint.max_system_chars:
             raise TooManyCharacters(f"the max length of system is {endpoint.max_system_chars}")
         sampling = resolve_sampling(asked, endpoint, rules)
+        grammar = None
+        if json_format is not None:
+            grammar = await self._grammar(json_format)
+            # Told as well as constrained: see `instruction`.
+            system = (
+                f"{system}\n\n{instruction(json_format)}" if system else instruction(json_format)
+            )
         template = self._template(endpoint, engine)
         # Forgetting renders and tokenizes the conversation: on a worker thread, so that a long
         # one never holds up the event loop (llama.cpp's tokenizer only reads the vocabulary).
@@ -122,17 +139,35 @@ class ChatServing:
         turns = ((("system", system),) if system else ()) + tuple(
             (m.role, m.content) for m in fitted.kept_messages
         )
+        fields = _tool_fields(tools, system, fitted.kept_messages)
+        forced_call = fields.pop("grammar", None)
+        if grammar is not None and forced_call is not None:
+            raise InvalidArgument(
+                "Invalid Argument: response_format cannot shape an answer that must be a tool call"
+            )
         generation = GenerationRequest(
             request_id,
             fitted.prompt_tokens,
             sampling,
             turns,
             fitted.prompt_text,
-            **_tool_fields(tools, system, fitted.kept_messages),
+            grammar=grammar or forced_call,
+            response_format=openai_response_format(json_format) if json_format else None,
+            **fields,
         )
         guard = StreamGuard(self._moderators.moderator) if self._moderators else None
         clock = self._metrics.clock(endpoint.name)
         return PreparedChat(engine, generation, clock, guard, tools=tools)
+
+    async def _grammar(self, json_format: JsonFormat) -> str:
+        """The answer's grammar, which also refuses a schema it cannot be made from (before any
+        generation). Converting a large schema takes milliseconds: off the event loop, as
+        fitting a long conversation."""
+        text = schema_text(json_format)
+        convert = functools.partial(grammar_for, text, json_format.strict)
+        if len(text) <= _SHORT_SCHEMA_CHARS:
+            return convert()
+        return await anyio.to_thread.run_sync(convert, limiter=self._fitting)
 
     async def screen(self, messages: list[Message]) -> Verdict | None:
         """Check every user message as the client sent it, before any generation."""
@@ -276,6 +311,8 @@ class ChatServing:
 # event loop itself.
 _SHORT_MESSAGES = 8
 _SHORT_CHARS = 2000
+# Schemas up to this many characters (as compact JSON) are converted on the event loop itself.
+_SHORT_SCHEMA_CHARS = 1000
 
 
 def _is_short(messages: list[Message], system: str | None) -> bool:

@@ -1,6 +1,6 @@
 """The one request pipeline: every dialect's chat call runs these steps, in this order.
 
-    authenticate → parse → endpoint → permit → supported? → fit the conversation → admit (quotas)
+    authenticate → parse → endpoint → permit → fit the conversation (and shape the answer) → admit
     → screen the question → generate → settle the call (quotas, ledger, metrics)
 
 Everything that can refuse a request does so before the first byte of its answer; a stream's first
@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from qfserve.access.gate import CLIENT_GONE, AccessGate, Call, Credentials
 from qfserve.chat.tools import tool_use
-from qfserve.errors import InternalError, InvalidArgument, QfserveError
+from qfserve.errors import InternalError, QfserveError
 from qfserve.serving.chat import ChatServing
 from qfserve.serving.prepared import PreparedChat
 from qfserve.serving.request import (
@@ -53,7 +53,6 @@ class ChatPipeline:
             call.endpoint, call.user_id = chat.endpoint, chat.user_id
             self._serving.endpoint(chat.endpoint)
             self._gate.permit(app, chat.endpoint)
-            _refuse_unsupported(chat)
             tools = tool_use(chat.tools, chat.tool_choice, chat.parallel_tool_calls)
             prepared = await self._serving.prepare(
                 request_id,
@@ -63,6 +62,7 @@ class ChatPipeline:
                 chat.sampling,
                 chat.rules,
                 tools,
+                json_format=chat.json_format,
             )
             call.prompt_tokens = prepared.prompt_tokens
             await self._gate.admit(
@@ -148,13 +148,3 @@ async def _settled(
     finally:
         await rest.aclose()
         await call.finish(CLIENT_GONE, completion)
-
-
-def _refuse_unsupported(chat: ChatRequest) -> None:
-    """Fields that would change what the answer is, which this server cannot honour yet: a
-    client that asks for JSON must not get prose back as if it had been honoured."""
-    if chat.json_format is not None:
-        raise InvalidArgument(
-            "response_format json_object and json_schema are not supported: this server cannot "
-            "constrain answers to JSON yet"
-        )

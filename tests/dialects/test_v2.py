@@ -138,30 +138,6 @@ def test_a_message_without_content_is_invalid_messages(
     assert "must not be empty" in message
 
 
-@pytest.mark.parametrize(
-    ("fields", "named"),
-    [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": {}},
-                }
-            },
-            "response_format",
-        ),
-    ],
-    ids=["json_object", "json_schema"],
-)
-def test_what_the_server_cannot_honour_is_refused_clearly(
-    qf: InProcess, key: str, fields: dict[str, Any], named: str
-) -> None:
-    message = refused(chat(qf, key, **fields), "invalid_argument", 400)
-    assert named in message and "not supported" in message
-    assert qf.engine.requests == []
-
-
 def test_tools_with_tool_choice_none_are_accepted(qf: InProcess, key: str) -> None:
     tools = [{"type": "function", "function": {"name": "weather"}}]
     assert answered(chat(qf, key, tools=tools, tool_choice="none")) == ANSWER

@@ -30,7 +30,7 @@ from qfserve.engines.registry import bundled_model_path
 from qfserve.engines.remote import RemoteEngine, RemoteSettings
 from qfserve.engines.remote.pool import Replica, base_url, choose
 from qfserve.engines.remote.tokens import estimate_token_count
-from qfserve.engines.remote.wire import Failure, request_body, translate
+from qfserve.engines.remote.wire import Failure, SchemaFormat, request_body, translate
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError
 from tests.llama_servers import LlamaServer, running_llama_servers
 from tests.servers import free_port
@@ -266,6 +266,24 @@ def test_request_body_maps_sampling_and_messages() -> None:
     assert body["repeat_penalty"] == 1.0 and body["min_p"] == 0.0
     with pytest.raises(InternalError):
         request_body("m", GenerationRequest("r", [1], SamplingParams(max_tokens=1)))
+
+
+def test_request_body_passes_response_format_through() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    asked = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
+    request = replace(chat(max_tokens=5), grammar='root ::= "{}"', response_format=asked)
+    _, body = request_body("m", request)
+    assert body["response_format"] == asked and "grammar" not in body
+    # llama-cpp-python's server reads a schema only inside json_object.
+    _, body = request_body("m", request, "json_object")
+    assert body["response_format"] == {"type": "json_object", "schema": schema}
+    any_object = replace(request, response_format={"type": "json_object"})
+    both: tuple[SchemaFormat, ...] = ("json_schema", "json_object")
+    for schema_format in both:
+        _, body = request_body("m", any_object, schema_format)
+        assert body["response_format"] == {"type": "json_object"}
+    _, body = request_body("m", chat(max_tokens=5))
+    assert "response_format" not in body
 
 
 def test_aiohttp_exceptions_are_translated() -> None:

@@ -180,7 +180,13 @@ def test_errors_are_openai_exceptions(server: Server, client: openai.OpenAI) -> 
 
     with pytest.raises(openai.BadRequestError) as json_mode:
         client.chat.completions.create(
-            model=MODEL, messages=HI, max_tokens=4, response_format={"type": "json_object"}
+            model=MODEL,
+            messages=HI,
+            max_tokens=4,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "[a-z]+"}},
+            },
         )
     assert json_mode.value.status_code == 400 and json_mode.value.code == "invalid_argument"
     with pytest.raises(openai.BadRequestError) as empty:
@@ -189,7 +195,7 @@ def test_errors_are_openai_exceptions(server: Server, client: openai.OpenAI) -> 
 
     body = json_mode.value.response.json()
     assert body["id"].startswith("as-") and body["error"]["type"]
-    assert "json" in body["error"]["message"].lower()
+    assert "response_format" in body["error"]["message"]
 
 
 # --- the appid header ----------------------------------------------------------------------

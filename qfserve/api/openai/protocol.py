@@ -1,8 +1,8 @@
 """OpenAI's chat completions wire models, the part qfserve serves. No logic here.
 
 Unknown fields are accepted and ignored (clients send many: `logprobs`, `logit_bias`, ...); those
-that would change the answer's meaning and that qfserve cannot honour (`response_format`) are
-parsed here and refused by the pipeline.
+that change the answer's meaning (`response_format`, `tools`) are parsed here and honoured by
+the pipeline.
 """
 
 from __future__ import annotations

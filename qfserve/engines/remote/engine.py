@@ -46,6 +46,7 @@ from qfserve.engines.remote.wire import (
     CallJoiner,
     Chunk,
     Failure,
+    SchemaFormat,
     Usage,
     finish_reason,
     request_body,
@@ -71,6 +72,9 @@ class RemoteSettings:
     health_interval: float = 5.0
     health_timeout: float = 5.0
     max_connections: int = 256  # over all replicas; streams and health checks share them
+    # How a `response_format` JSON Schema is sent: "json_schema" (OpenAI's shape: vLLM, SGLang,
+    # llama-server) or "json_object" (`{"type": "json_object", "schema": ...}`: llama-cpp-python).
+    schema_format: SchemaFormat = "json_schema"
 
 
 class RemoteEngine:
@@ -212,7 +216,7 @@ class RemoteEngine:
         session = self._session
         if self._closing or not self._started or session is None:
             raise EngineUnavailable()
-        path, body = request_body(self._settings.model, request)
+        path, body = request_body(self._settings.model, request, self._settings.schema_format)
         call = Call(request.request_id)
         self._calls.add(call)
         self._idle.clear()

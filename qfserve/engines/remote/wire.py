@@ -9,6 +9,10 @@ Upstreams differ in small ways absorbed here:
 - errors after the headers: vLLM reports them as a `data: {"error": ...}` event, not a status.
 - tool calls: offered as OpenAI's `tools`/`tool_choice`, answered as `delta.tool_calls` fragments
   (the first of a call with its id and name, the arguments in pieces), joined by `index`.
+- a JSON Schema: OpenAI's `response_format` `{"type": "json_schema", "json_schema": {"schema":
+  ...}}` is read by vLLM, SGLang and llama-server; llama-cpp-python's server refuses that type
+  (422) and reads `{"type": "json_object", "schema": ...}` instead, as llama-server also does.
+  Which one an endpoint's upstreams get is its `schema_format`.
 
 Everything aiohttp can raise becomes an `AttemptFailed` in `translate`, so the engine decides
 between failover and an error for the client from one `Failure` kind, never from aiohttp's types.
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,6 +35,8 @@ from qfserve.errors import InternalError
 
 CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
+# How a JSON Schema is sent upstream: OpenAI's shape, or inside json_object (see above).
+SchemaFormat = Literal["json_schema", "json_object"]
 # What aiohttp raises, all of it: its client errors, and its HTTP parser's for a malformed answer.
 CLIENT_ERRORS = (aiohttp.ClientError, HttpProcessingError)
 
@@ -108,7 +115,9 @@ class _Done:
 DONE: Final = _Done()
 
 
-def request_body(model: str, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+def request_body(
+    model: str, request: GenerationRequest, schema_format: SchemaFormat = "json_schema"
+) -> tuple[str, dict[str, Any]]:
     """The path and JSON body for one generation: chat messages when the request has them, else
     the already rendered prompt text on the completions route."""
     sampling = request.sampling
@@ -132,6 +141,8 @@ def request_body(model: str, request: GenerationRequest) -> tuple[str, dict[str,
         body["stop"] = list(sampling.stop)
     if sampling.seed is not None:
         body["seed"] = sampling.seed
+    if request.response_format is not None:
+        body["response_format"] = response_format(request.response_format, schema_format)
     if request.messages:
         body["messages"] = [{"role": role, "content": text} for role, text in request.messages]
         for message, (calls, answers) in zip(body["messages"], request.message_calls, strict=False):
@@ -174,6 +185,15 @@ def _wire_choice(choice: ToolChoice) -> str | dict[str, Any]:
     if choice.mode == "function":
         return {"type": "function", "function": {"name": choice.name}}
     return choice.mode
+
+
+def response_format(asked: Mapping[str, Any], schema_format: SchemaFormat) -> dict[str, Any]:
+    """OpenAI's `response_format` as the upstream reads it."""
+    spec = asked.get("json_schema")
+    if schema_format == "json_object" and asked.get("type") == "json_schema":
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        return {"type": "json_object", "schema": schema or {"type": "object"}}
+    return dict(asked)
 
 
 def finish_reason(upstream: str) -> FinishReason:

@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from qfserve.chat import formats
 from qfserve.chat.conversation import Message
+from qfserve.chat.formats import JsonFormat
 from qfserve.chat.params import RequestedSampling
 from qfserve.config import EndpointSettings, Settings
 from qfserve.engines.base import Delta, EngineInfo, EngineStats, GenerationRequest
 from qfserve.engines.registry import EngineRegistry
 from qfserve.errors import RuleViolation
 from qfserve.metrics import Metrics
+from qfserve.serving import chat as chat_serving
 from qfserve.serving.chat import ChatServing
 
 CHATML = (
@@ -102,3 +105,29 @@ def test_too_many_messages_are_refused_before_any_other_work() -> None:
 
 def test_the_default_bound_is_a_thousand_messages() -> None:
     assert EndpointSettings().max_messages == 1000
+
+
+@pytest.mark.parametrize(("fields", "off_loop"), [(3, False), (50, True)])
+def test_a_large_schema_is_converted_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, fields: int, off_loop: bool
+) -> None:
+    converting: set[int] = set()
+
+    def recording(text: str, strict: bool) -> str:
+        converting.add(threading.get_ident())
+        return formats.grammar_for(text, strict)
+
+    monkeypatch.setattr(chat_serving, "grammar_for", recording)
+    properties = {f"field_{i}": {"type": "string"} for i in range(fields)}
+    schema = JsonFormat({"type": "object", "properties": properties})
+
+    async def prepare() -> tuple[int, str | None]:
+        chat = serving(CharEngine(), max_system_chars=10**6)
+        prepared = await chat.prepare(
+            "r", "chat", conversation(1), None, RequestedSampling(), json_format=schema
+        )
+        return threading.get_ident(), prepared.generation.grammar
+
+    loop_thread, grammar = asyncio.run(prepare())
+    assert grammar == formats.json_grammar(schema)
+    assert (loop_thread not in converting) == off_loop and len(converting) == 1
