@@ -28,7 +28,8 @@ def migrate_from_first_revision(url: str) -> None:
                 "INSERT INTO apps (name, api_key, secret_hash, created_at, disabled) "
                 "VALUES ('old', 'OLDKEY', 'scrypt$1$1$1$00$00', :now, false)"
             ),
-            {"now": datetime.now(UTC)},
+            # As text: sqlite3's default datetime adapter is deprecated from Python 3.12.
+            {"now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")},
         )
     database.upgrade()
     tables = set(inspect(database.engine).get_table_names())
