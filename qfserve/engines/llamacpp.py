@@ -49,7 +49,7 @@ class _Live:
     request: GenerationRequest
     stops: StopMatcher
     sampler: SequenceSampler | None = None
-    # The sequence's own grammar sampler until its chain takes it over in `_begin`.
+    # The sequence's own grammar sampler until its SequenceSampler takes it over in `_begin`.
     grammar: Any = None
 
     def free_grammar(self) -> None:
@@ -195,10 +195,8 @@ class LlamaCppEngine:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Item] = asyncio.Queue()
         live = _Live(loop, out, request, StopMatcher(request.sampling.stop))
-        if request.grammar is not None and self._grammars is not None:
-            # Compiled here, not on the engine thread, where a large grammar would stall every
-            # running sequence.
-            live.grammar = await asyncio.to_thread(self._grammars.sampler, request.grammar)
+        if request.grammar is not None:
+            live.grammar = await self._grammar_sampler(request.grammar)
         seq: Seq = SeqState(next(self._keys), tokens, time.monotonic(), live)
         # Under the admission lock, so a request is either refused or seen by the engine thread.
         try:
@@ -227,6 +225,20 @@ class LlamaCppEngine:
         finally:
             if not finished:
                 self._inbox.put(seq.key)
+
+    async def _grammar_sampler(self, grammar: str) -> Any:
+        """The sequence's own grammar sampler. Compiled in a worker thread, not on the engine
+        thread, where a large grammar would stall every running sequence."""
+        grammars = self._grammars
+        if grammars is None:
+            raise EngineUnavailable()
+        compiling = asyncio.ensure_future(asyncio.to_thread(grammars.sampler, grammar))
+        try:
+            return await asyncio.shield(compiling)
+        except asyncio.CancelledError:
+            # The thread runs on: free what it compiles for nobody.
+            compiling.add_done_callback(_free_unclaimed_grammar)
+            raise
 
     # -- loading and freeing (worker threads, never concurrently with the engine thread) --------
 
@@ -367,7 +379,7 @@ class LlamaCppEngine:
             default_seed=self.settings.seed,
             grammar=live.grammar,
         )
-        live.grammar = None  # the chain owns it now
+        live.grammar = None  # the sampler owns it now
 
     def _decode(self, step: Step[_Live]) -> None:
         entries: list[tuple[int, int, int, bool]] = []
@@ -388,7 +400,13 @@ class LlamaCppEngine:
         for seq, index in sampled:
             sampler = seq.payload.sampler
             assert sampler is not None
-            self._emit(seq, sampler.sample(self._ctx, index))
+            try:
+                token = sampler.sample(self._ctx, index)
+            except QfserveError as exc:  # a grammar that allows no next token
+                logger.warning("request %s: %s", seq.payload.request.request_id, exc.message)
+                self._end(seq, exc)
+                continue
+            self._emit(seq, token)
 
     def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
         b = self._batch
@@ -459,6 +477,11 @@ class LlamaCppEngine:
             # A closed event loop raises RuntimeError: nobody is listening there any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, items)
+
+
+def _free_unclaimed_grammar(compiled: asyncio.Future[Any]) -> None:
+    if not compiled.cancelled() and compiled.exception() is None:
+        llama_cpp.llama_sampler_free(compiled.result())
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -1,20 +1,36 @@
-"""A per-sequence llama.cpp sampler chain built from `SamplingParams`.
+"""A per-sequence llama.cpp sampler chain built from `SamplingParams`, optionally held to a grammar.
 
 Each sequence owns its chain because the chain holds state: the penalties' window of recent
 tokens and the random generator of `dist`. Runs on the engine thread only.
+
+A grammar is checked the way llama.cpp's own `common_sampler_sample` does it, because checking it
+against the whole vocabulary costs more than decoding the token: sample with the chain alone,
+then ask the grammar about that one token; only if it refuses, mask the whole vocabulary with the
+grammar and sample again. The allowed tokens are the same either way (greedy picks the same
+token); with a temperature, a token the model prefers and the grammar allows keeps its chance.
 """
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any
 
 import llama_cpp
+import numpy as np
+from numpy.typing import NDArray
 
 from qfserve.engines.base import SamplingParams
+from qfserve.errors import InternalError
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's own default).
 PENALTY_LAST_N = 64
 _UINT32 = 0xFFFFFFFF
+_NEG_INF = -math.inf
+
+# llama_token_data's layout, so that a numpy array can be the candidates llama.cpp samples from.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 
 
 def resolve_seed(request_seed: int | None, default_seed: int) -> int:
@@ -23,11 +39,104 @@ def resolve_seed(request_seed: int | None, default_seed: int) -> int:
     return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & _UINT32
 
 
-class SequenceSampler:
-    """grammar (if any), penalties (if repeat_penalty != 1), top_k, top_p, temp, dist; greedy if
-    temperature <= 0. The chain takes ownership of the grammar sampler given."""
+def _chain(params: SamplingParams, n_vocab: int, default_seed: int) -> Any:
+    chain_params = llama_cpp.llama_sampler_chain_default_params()
+    chain_params.no_perf = True
+    chain = llama_cpp.llama_sampler_chain_init(chain_params)
+    parts: list[Any] = []
+    if params.repeat_penalty != 1.0:
+        parts.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0
+            )
+        )
+    if params.temperature <= 0:
+        parts.append(llama_cpp.llama_sampler_init_greedy())
+    else:
+        if params.top_k > 0:
+            parts.append(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if 0.0 < params.top_p < 1.0:
+            parts.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        parts.append(llama_cpp.llama_sampler_init_temp(params.temperature))
+        parts.append(llama_cpp.llama_sampler_init_dist(resolve_seed(params.seed, default_seed)))
+    for part in parts:
+        # The chain takes ownership: freeing the chain frees its parts.
+        llama_cpp.llama_sampler_chain_add(chain, part)
+    return chain
 
-    __slots__ = ("_chain",)
+
+class _Candidates:
+    """Every token of the vocabulary with its logit, as a `llama_token_data_array` over a numpy
+    buffer allocated once: llama.cpp's samplers sort and cut it in place, so it is rewritten
+    from the logits before each pass."""
+
+    __slots__ = ("_buffer", "_data", "_ids", "array", "pointer")
+
+    def __init__(self, n_vocab: int) -> None:
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._buffer = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._data = self._buffer.ctypes.data_as(llama_cpp.llama_token_data_p)
+        self.array: Any = llama_cpp.llama_token_data_array(self._data, n_vocab, -1, False)
+        self.pointer = ctypes.pointer(self.array)
+
+    def fill(self, logits: NDArray[np.float32]) -> None:
+        buffer, array = self._buffer, self.array
+        buffer["id"] = self._ids
+        buffer["logit"] = logits
+        buffer["p"] = 0.0
+        # A sampler may move the start (llama.cpp's xtc does).
+        array.data, array.size, array.selected, array.sorted = (
+            self._data,
+            len(self._ids),
+            -1,
+            False,
+        )
+
+    def selected(self) -> tuple[int, float]:
+        """The token the chain chose and its logit; -inf when nothing was left to choose."""
+        array = self.array
+        if array.selected < 0:
+            return -1, _NEG_INF
+        chosen = array.data[array.selected]
+        return int(chosen.id), float(chosen.logit)
+
+
+class _OneToken:
+    """A one-token `llama_token_data_array`, for asking the grammar about a single token."""
+
+    __slots__ = ("_array", "_token", "pointer")
+
+    def __init__(self) -> None:
+        self._token: Any = llama_cpp.llama_token_data(0, 0.0, 0.0)
+        self._array: Any = llama_cpp.llama_token_data_array(
+            ctypes.pointer(self._token), 1, -1, False
+        )
+        self.pointer = ctypes.pointer(self._array)
+
+    def allowed_by(self, grammar: Any, token: int) -> bool:
+        one, array = self._token, self._array
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        array.size, array.selected, array.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(grammar, self.pointer)
+        return bool(one.logit != _NEG_INF)
+
+
+class SequenceSampler:
+    """penalties (if repeat_penalty != 1), top_k, top_p, temp, dist; greedy if temperature <= 0.
+
+    With a grammar (a grammar sampler, which this object then owns and frees), every token
+    sampled keeps to it. `grammar_first` masks the whole vocabulary with the grammar before every
+    token instead of checking the sampled one: slower, kept to compare against."""
+
+    __slots__ = (
+        "_candidates",
+        "_chain",
+        "_grammar",
+        "_grammar_first",
+        "_n_vocab",
+        "_one",
+        "resamples",
+    )
 
     def __init__(
         self,
@@ -36,38 +145,55 @@ class SequenceSampler:
         n_vocab: int,
         default_seed: int = -1,
         grammar: Any = None,
+        grammar_first: bool = False,
     ) -> None:
-        chain_params = llama_cpp.llama_sampler_chain_default_params()
-        chain_params.no_perf = True
-        self._chain: Any = llama_cpp.llama_sampler_chain_init(chain_params)
-        # A grammar first: every later sampler then sees only the tokens it allows.
-        parts: list[Any] = [grammar] if grammar else []
-        if params.repeat_penalty != 1.0:
-            parts.append(
-                llama_cpp.llama_sampler_init_penalties(
-                    n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0
-                )
-            )
-        if params.temperature <= 0:
-            parts.append(llama_cpp.llama_sampler_init_greedy())
-        else:
-            if params.top_k > 0:
-                parts.append(llama_cpp.llama_sampler_init_top_k(params.top_k))
-            if 0.0 < params.top_p < 1.0:
-                parts.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-            parts.append(llama_cpp.llama_sampler_init_temp(params.temperature))
-            seed = resolve_seed(params.seed, default_seed)
-            parts.append(llama_cpp.llama_sampler_init_dist(seed))
-        for part in parts:
-            # The chain takes ownership: freeing the chain frees its parts.
-            llama_cpp.llama_sampler_chain_add(self._chain, part)
+        self._chain: Any = _chain(params, n_vocab, default_seed)
+        self._grammar: Any = grammar or None
+        self._grammar_first = grammar_first
+        self._n_vocab = n_vocab
+        self._candidates: _Candidates | None = None
+        self._one: _OneToken | None = None
+        # How many tokens the grammar refused, each sampled again from the masked vocabulary.
+        self.resamples = 0
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample (and accept) a token from the logits of batch position `index`."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
+        logits = llama_cpp.llama_get_logits_ith(ctx, index)
+        return self.sample_logits(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)))
+
+    def sample_logits(self, logits: NDArray[np.float32]) -> int:
+        """Sample (and accept) a token from one position's logits (`n_vocab` floats)."""
+        if self._candidates is None:
+            self._candidates, self._one = _Candidates(self._n_vocab), _OneToken()
+        candidates, chain, grammar = self._candidates, self._chain, self._grammar
+        candidates.fill(logits)
+        if grammar is not None and self._grammar_first:
+            llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+        llama_cpp.llama_sampler_apply(chain, candidates.pointer)
+        token, logit = candidates.selected()
+        if grammar is not None:
+            assert self._one is not None
+            if not self._grammar_first and not self._one.allowed_by(grammar, token):
+                self.resamples += 1
+                candidates.fill(logits)
+                llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+                llama_cpp.llama_sampler_apply(chain, candidates.pointer)
+                token, logit = candidates.selected()
+            # llama.cpp aborts the process when a grammar accepts a token it refuses: a grammar
+            # that allows nothing more ends this sequence, not the server.
+            if logit == _NEG_INF:
+                raise InternalError("the answer's grammar allows no next token")
+            llama_cpp.llama_sampler_accept(grammar, token)
+        llama_cpp.llama_sampler_accept(chain, token)
+        return token
 
     def close(self) -> None:
-        """Free the chain; idempotent."""
+        """Free the chain and the grammar; idempotent."""
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None

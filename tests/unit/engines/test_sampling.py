@@ -1,0 +1,168 @@
+"""SequenceSampler on hand-made logits, with the bundled model's vocabulary (no decoding)."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import pytest
+from llama_cpp.llama_grammar import JSON_GBNF
+from numpy.typing import NDArray
+
+from qfserve.engines.base import SamplingParams
+from qfserve.engines.grammar import GrammarCache
+from qfserve.engines.model import LlamaModel
+from qfserve.engines.registry import bundled_model_path
+from qfserve.engines.sampling import SequenceSampler
+from qfserve.errors import InternalError, InvalidArgument
+
+pytestmark = pytest.mark.model
+
+YES_NO = 'root ::= "yes" | "no"'
+WORDS = "root ::= [a-z ]+"
+GREEDY = SamplingParams(max_tokens=64, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    loaded = LlamaModel(str(bundled_model_path()))
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def grammars(model: LlamaModel) -> Iterator[GrammarCache]:
+    cache = GrammarCache(model.vocab)
+    yield cache
+    cache.close()
+
+
+def one_token(model: LlamaModel, text: str) -> int:
+    (token,) = model.tokenize(text, special=False)
+    return token
+
+
+def favouring(model: LlamaModel, *tokens: int) -> NDArray[np.float32]:
+    """Logits where `tokens` come first, in that order, and the rest trail far behind."""
+    logits = np.full(model.n_vocab, -5.0, dtype=np.float32)
+    for rank, token in enumerate(tokens):
+        logits[token] = 10.0 - rank
+    return logits
+
+
+def sampler(
+    model: LlamaModel,
+    grammars: GrammarCache,
+    grammar: str | None,
+    params: SamplingParams = GREEDY,
+    **options: Any,
+) -> SequenceSampler:
+    compiled = grammars.sampler(grammar) if grammar is not None else None
+    return SequenceSampler(params, n_vocab=model.n_vocab, grammar=compiled, **options)
+
+
+def test_a_token_the_grammar_allows_is_taken_without_masking(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    yes = one_token(model, "yes")
+    s = sampler(model, grammars, YES_NO)
+    assert s.sample_logits(favouring(model, yes)) == yes
+    assert s.resamples == 0
+    s.close()
+
+
+def test_a_refused_token_is_sampled_again_from_what_the_grammar_allows(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    maybe, no = one_token(model, "maybe"), one_token(model, "no")
+    s = sampler(model, grammars, YES_NO)
+    # The model prefers "maybe"; of what the grammar allows it prefers "no".
+    assert s.sample_logits(favouring(model, maybe, no)) == no
+    assert s.resamples == 1
+    # The answer is complete: only the end of generation is left, whatever the model prefers.
+    assert model.is_eog(s.sample_logits(favouring(model, maybe, no)))
+    s.close()
+
+
+def test_greedy_picks_what_the_grammar_first_chain_picks(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    rng = np.random.default_rng(3)
+    for grammar in (WORDS, JSON_GBNF):
+        for params in (GREEDY, SamplingParams(max_tokens=64, temperature=0.0, repeat_penalty=1.5)):
+            fast = sampler(model, grammars, grammar, params)
+            first = sampler(model, grammars, grammar, params, grammar_first=True)
+            for _ in range(40):
+                logits = rng.normal(0.0, 3.0, model.n_vocab).astype(np.float32)
+                assert fast.sample_logits(logits) == first.sample_logits(logits)
+            # Both ways were taken: the model's own choice, and a masked resample.
+            assert 0 < fast.resamples < 40, grammar
+            fast.close()
+            first.close()
+
+
+def test_sampled_tokens_keep_to_the_grammar_and_follow_the_seed(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    params = SamplingParams(max_tokens=64, temperature=0.9, top_k=40, top_p=0.95, seed=11)
+    runs = []
+    for _ in range(2):
+        rng = np.random.default_rng(5)
+        s = sampler(model, grammars, WORDS, params)
+        runs.append(
+            [s.sample_logits(rng.normal(0, 3, model.n_vocab).astype(np.float32)) for _ in range(30)]
+        )
+        s.close()
+    assert runs[0] == runs[1]
+    text = b"".join(model.token_piece(token) for token in runs[0]).decode()
+    assert re.fullmatch("[a-z ]+", text), text
+
+
+def test_a_free_sampler_samples_the_logits_as_they_are(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    maybe = one_token(model, "maybe")
+    s = sampler(model, grammars, None)
+    assert s.sample_logits(favouring(model, maybe)) == maybe
+    s.close()
+
+
+def test_a_grammar_that_allows_nothing_fails_the_sequence_not_the_process(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    # No token's text starts with a NUL byte, and the grammar is not complete before one.
+    s = sampler(model, grammars, r'root ::= "\x00"')
+    with pytest.raises(InternalError):
+        s.sample_logits(favouring(model, one_token(model, "yes")))
+    s.close()
+
+
+def test_close_frees_the_grammar_once(
+    model: LlamaModel, grammars: GrammarCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = grammars.sampler(YES_NO)
+    freed: list[Any] = []
+    real_free = llama_cpp.llama_sampler_free
+
+    def counting_free(ptr: Any) -> None:
+        freed.append(ctypes.cast(ptr, ctypes.c_void_p).value)
+        real_free(ptr)
+
+    monkeypatch.setattr(llama_cpp, "llama_sampler_free", counting_free)
+    s = SequenceSampler(GREEDY, n_vocab=model.n_vocab, grammar=compiled)
+    s.close()
+    s.close()
+    address = ctypes.cast(compiled, ctypes.c_void_p).value
+    assert freed.count(address) == 1 and len(freed) == 2  # the grammar and the chain
+
+
+@pytest.mark.parametrize("text", ["", "root ::= undefined-rule", 'root ::= "a" \0 "b"'])
+def test_a_grammar_llama_cpp_cannot_use_is_an_invalid_argument(
+    grammars: GrammarCache, text: str
+) -> None:
+    with pytest.raises(InvalidArgument):
+        grammars.sampler(text)
