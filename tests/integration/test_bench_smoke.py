@@ -67,10 +67,6 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     assert json.loads(page.with_suffix(".json").read_text()) == results
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the pipeline refuses response_format (HTTP 400) until structured output is merged",
-)
 @pytest.mark.timeout(600)
 def test_tiny_structured_bench(tmp_path: Path) -> None:
     page = tmp_path / "RESULTS.md"
