@@ -31,10 +31,14 @@ import httpx
 from qfserve.bench import peers
 from qfserve.bench.client import Sampling, stream_chat
 from qfserve.bench.gateway import (
+    DIALECTS,
     PAUSE_SECONDS,
     QUESTION,
     UPSTREAM_THREADS,
+    V1_STREAM,
+    gateway_keys,
     remote_endpoint,
+    stream_settings,
     through,
 )
 from qfserve.engines.registry import bundled_model_path
@@ -73,20 +77,22 @@ async def start_tree(tree: Path, index: int, config: Path, workdir: Path) -> pee
             os.environ["PYTHONPATH"] = before
 
 
-async def main(trees: list[Path], upstream_kind: str, rounds: int) -> None:
+async def main(trees: list[Path], upstream_kind: str, rounds: int, dialect: str) -> None:
     sampling = Sampling(max_tokens=4, temperature=0.1, top_p=0.9, top_k=40, seed=42)
     messages = [{"role": "user", "content": QUESTION}]
     with tempfile.TemporaryDirectory(prefix="gateway-ab-") as folder:
         workdir = Path(folder)
         upstream, model = await start_upstream(upstream_kind, workdir)
         config = workdir / "endpoints.toml"
-        config.write_text(remote_endpoint("ab", model, upstream.target.base_url))
+        config.write_text(
+            stream_settings(V1_STREAM) + remote_endpoint("ab", model, upstream.target.base_url)
+        )
         gateways: list[peers.Peer] = []
         try:
             for index, tree in enumerate(trees):
                 gateways.append(await start_tree(tree, index, config, workdir))
             vias = [
-                through(gateway, str(tree), "ab")
+                through(gateway, str(tree), "ab", dialect=dialect, keys=await gateway_keys(gateway))
                 for tree, gateway in zip(trees, gateways, strict=True)
             ]
             targets = [upstream.target, *vias]
@@ -129,6 +135,7 @@ if __name__ == "__main__":
     parser.add_argument("trees", nargs="+", type=Path, help="directories holding a qfserve package")
     parser.add_argument("--upstream", choices=("model", "instant", "pausing"), default="model")
     parser.add_argument("--rounds", type=int, default=1500)
+    parser.add_argument("--dialect", choices=DIALECTS, default="openai")
     arguments = parser.parse_args()
     trees = [tree.resolve() for tree in arguments.trees]
-    asyncio.run(main(trees, arguments.upstream, arguments.rounds))
+    asyncio.run(main(trees, arguments.upstream, arguments.rounds, arguments.dialect))

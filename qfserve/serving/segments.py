@@ -49,8 +49,21 @@ class SegmentStream:
         return Piece(segment.text, segment.token_count, usage, end)
 
     async def pieces(self) -> AsyncGenerator[Piece]:
-        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
-        pump = asyncio.create_task(self._pump(queue))
+        async with closing(self._chat.engine.generate(self._chat.generation)) as generated:
+            deltas = aiter(self._moderated(self._chat, generated))
+            try:
+                async for piece in self._segmented(deltas):
+                    yield piece
+            finally:
+                aclose = getattr(deltas, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+    async def _segmented(self, deltas: AsyncIterator[Delta]) -> AsyncGenerator[Piece]:
+        # The deltas are read here, not by a task of their own: a delta reaches its event with no
+        # hand-over. Only a wait with a deadline (text held for the time limit) runs the read as
+        # a task, kept across the deadline so that no delta is lost to it.
+        reading: asyncio.Future[Delta | BaseException | None] | None = None
         held: list[Segment] = []
         opened_at: float | None = None
         try:
@@ -61,11 +74,20 @@ class SegmentStream:
                     timeout = max(
                         0.0, start + self._settings.max_segment_seconds - time.monotonic()
                     )
-                try:
-                    # asyncio.timeout, not wait_for: no task created per delta.
-                    async with asyncio.timeout(timeout):
-                        item = await queue.get()
-                except TimeoutError:
+                item: Delta | BaseException | None
+                if timeout is None and reading is None:
+                    item = await self._next(deltas)
+                elif timeout == 0.0 and reading is None:
+                    item = _DUE
+                else:
+                    if reading is None:
+                        reading = asyncio.ensure_future(self._next(deltas))
+                    done, _ = await asyncio.wait((reading,), timeout=timeout)
+                    if done:
+                        item, reading = reading.result(), None
+                    else:
+                        item = _DUE
+                if item is _DUE:
                     for segment in held:
                         yield self._piece(segment)
                     held = []
@@ -83,7 +105,7 @@ class SegmentStream:
                     yield Piece("", 0, usage, error=error)
                     return
                 if item is None:
-                    item = Delta("", 0, "stop")
+                    item = Delta("", 0, "stop")  # the engine ended without a reason
                 if self._sent == 0 and not held and self._is_accepted(item):
                     # Taken (a remote upstream's 2xx) before any token: an empty piece lets the
                     # dialect send its response's head while the answer is thought of, not after.
@@ -111,30 +133,36 @@ class SegmentStream:
                 if not self._segmenter.empty and opened_at is None:
                     opened_at = time.monotonic()
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
 
     def _is_accepted(self, delta: Delta) -> bool:
         """The engine's sign that it took the request: a delta with nothing in it."""
         empty = not delta.text and not delta.token_count and delta.finish_reason is None
         return empty and self._segmenter.empty
 
-    async def _pump(self, queue: asyncio.Queue[Delta | BaseException | None]) -> None:
+    async def _next(self, deltas: AsyncIterator[Delta]) -> Delta | BaseException | None:
+        """The next delta (counted as it arrives), None when the engine ended, or its failure."""
         try:
-            async with closing(self._chat.engine.generate(self._chat.generation)) as generated:
-                async for delta in self._moderated(self._chat, generated):
-                    self._chat.clock.tokens(delta.token_count)
-                    self._generated += delta.token_count
-                    queue.put_nowait(delta)
-            queue.put_nowait(None)  # the engine ended; in case its last delta had no reason
+            delta = await anext(deltas)
+        except StopAsyncIteration:
+            return None
         except asyncio.CancelledError:
             raise
         except QfserveError as exc:
-            queue.put_nowait(exc)
+            return exc
         except Exception as exc:
             log.exception("request %s: the engine failed", self._chat.generation.request_id)
-            queue.put_nowait(exc)
+            return exc
+        self._chat.clock.tokens(delta.token_count)
+        self._generated += delta.token_count
+        return delta
+
+
+# The time limit passed with text held: flush it.
+_DUE = Delta("", 0, None)
 
 
 @contextlib.asynccontextmanager

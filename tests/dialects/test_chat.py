@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qfserve.config import SafetySettings
+from qfserve.config import SafetySettings, StreamSettings
 from tests.dialects.dialects import DIALECTS, HI, V1, V2, Ask, Dialect
 from tests.fake_engine import ANSWER, FakeEngine, Script, words
 from tests.inprocess import InProcess, Response, running, sse_json
@@ -302,3 +302,20 @@ def test_a_v1_stream_shows_no_event_for_the_engine_taking_the_request(tmp_path: 
     assert [e["sentence_id"] for e in events] == list(range(len(events)))
     assert all(e["result"] for e in events[:-1]) and events[-1]["is_end"] is True
     assert "".join(e["result"] for e in events).strip() == ANSWER
+
+
+def test_a_v1_stream_sends_held_text_when_its_time_limit_passes(tmp_path: Path) -> None:
+    """Words too short to make a segment each go out on their own once the segment's time limit
+    passes while the engine is slow, each exactly once, and the last event still says `is_end`."""
+    answer = "One two three four"
+    engine = FakeEngine(script=Script(answer=answer, token_delay=0.15))
+    stream = StreamSettings(min_segment_chars=100, max_segment_seconds=0.03)
+    with running(tmp_path, engine, stream=stream) as served:
+        secret = V1.secret(served, served.new_app())
+        response = V1.post(served, secret, Ask(stream=True))
+    events = sse_json(response)
+    texts = [e["result"] for e in events]
+    assert "".join(texts) == answer
+    assert [t for t in texts if t] == words(answer)
+    assert events[-1]["is_end"] is True and not any(e["is_end"] for e in events[:-1])
+    assert [e["sentence_id"] for e in events] == list(range(len(events)))
