@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from qfserve.access import signature
 from qfserve.access.gate import AccessGate, Credentials
 from qfserve.api.calls import parse_json, read_body, run_chat
 from qfserve.api.qianfan_v1 import render
@@ -78,9 +79,15 @@ def build_routes(
 
 
 def credentials(request: Request) -> Credentials:
+    """An access token, or a signed request: what the signature covers (method, path, query,
+    headers) is gathered only for a signed request, the one kind that needs it."""
+    access_token = request.query_params.get("access_token")
+    authorization = request.headers.get("authorization")
+    if access_token or not (authorization or "").startswith(signature.PREFIX):
+        return Credentials(access_token=access_token, authorization=authorization)
     return Credentials(
-        access_token=request.query_params.get("access_token"),
-        authorization=request.headers.get("authorization"),
+        access_token=access_token,
+        authorization=authorization,
         method=request.method,
         path=request.url.path,
         query=tuple(request.query_params.multi_items()),
