@@ -17,6 +17,7 @@ from qfserve.chat.formats import (
     instruction,
     json_grammar,
     openai_response_format,
+    outline,
     schema_text,
     unenforced_keywords,
 )
@@ -244,4 +245,38 @@ def test_openai_response_format_and_instruction() -> None:
     }
     assert openai_response_format(JsonFormat(schema))["json_schema"]["name"] == "answer"
     assert "JSON object" in instruction(JsonFormat())
-    assert '{"type":"object"}' in instruction(JsonFormat(schema))
+    assert instruction(JsonFormat(schema)) == instruction(JsonFormat())
+
+
+def test_the_instruction_outlines_the_schemas_shape() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 2, "description": "the  pet's\nname"},
+            "size": {"enum": ["S", "M"]},
+            "tags": {"type": "array", "items": {"type": ["string", "null"]}},
+            "age": {"anyOf": [{"type": "integer", "minimum": 0}, {"const": "unknown"}]},
+            "extra": {},
+        },
+        "required": ["name", "tags"],
+    }
+    assert instruction(JsonFormat(schema)) == (
+        "Answer with JSON only, shaped like this (a key marked ? may be left out): "
+        '{"name": string /* the pet\'s name */, "size"?: "S"|"M", "tags": [string|null, ...], '
+        '"age"?: integer|"unknown", "extra"?: any}'
+    )
+    required = {"type": "object", "properties": {"a": {"type": "number"}}, "required": ["a"]}
+    assert instruction(JsonFormat(required)).endswith('shaped like this: {"a": number}')
+
+
+def test_a_schema_the_outline_cannot_show_is_told_as_its_json() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"next": {"$ref": "#"}},
+        "required": ["next"],
+    }
+    assert outline(schema) is None
+    told = instruction(JsonFormat(schema))
+    assert told == "Answer with JSON only, matching this JSON Schema: " + schema_text(
+        JsonFormat(schema)
+    )
