@@ -147,8 +147,11 @@ def instruction(fmt: JsonFormat) -> str:
     """The line added to the system prompt: a small model constrained without being told what
     is wanted tends to fill the JSON with filler until max_tokens. The schema is told as an
     outline of its shape where it has one (the grammar enforces the rest): every prompt carries
-    it, and the schema's own JSON costs about twice the tokens to prefill."""
+    it, and the schema's own JSON costs about twice the tokens to prefill. A schema with keywords
+    the grammar cannot keep to is told whole: the model is then the only one to see them."""
     shape = "object" if fmt.schema is None else outline(fmt.schema)
+    if fmt.schema is not None and shape is not None and unenforced_keywords(fmt.schema):
+        shape = None
     if shape == "object":
         return "Answer with a JSON object only."
     if shape is None:

@@ -280,3 +280,10 @@ def test_a_schema_the_outline_cannot_show_is_told_as_its_json() -> None:
     assert told == "Answer with JSON only, matching this JSON Schema: " + schema_text(
         JsonFormat(schema)
     )
+
+
+def test_a_schema_with_keywords_the_grammar_ignores_is_told_whole() -> None:
+    """The model is the only one to see `maximum` on a number: it must be shown it."""
+    schema = {"type": "object", "properties": {"price": {"type": "number", "maximum": 9.5}}}
+    assert outline(schema) == '{"price"?: number}'
+    assert '"maximum":9.5' in instruction(JsonFormat(schema))
