@@ -5,9 +5,12 @@ tokens and the random generator of `dist`. Runs on the engine thread only.
 
 A grammar is checked the way llama.cpp's own `common_sampler_sample` does it, because checking it
 against the whole vocabulary costs more than decoding the token: sample with the chain alone,
-then ask the grammar about that one token; only if it refuses, mask the whole vocabulary with the
-grammar and sample again. The allowed tokens are the same either way (greedy picks the same
-token); with a temperature, a token the model prefers and the grammar allows keeps its chance.
+then ask the grammar about that one token. Only if it refuses is the token sampled again, from
+the model's `SHORTLIST` likeliest tokens that the grammar allows, and from the whole vocabulary
+masked by the grammar only when none of those is allowed. Greedy picks the same token either
+way (the likeliest allowed token is on the shortlist whenever any allowed token is); with a
+temperature, a resampled token is drawn from the allowed part of the shortlist, which top_k and
+top_p would cut the vocabulary to in any case.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from qfserve.errors import InternalError
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's own default).
 PENALTY_LAST_N = 64
+# The likeliest tokens a refused token is resampled from (more than any top_k asked in practice).
+SHORTLIST = 64
 _UINT32 = 0xFFFFFFFF
 _NEG_INF = -math.inf
 
@@ -135,6 +140,7 @@ class SequenceSampler:
         "_grammar_first",
         "_n_vocab",
         "_one",
+        "_shortlist",
         "resamples",
     )
 
@@ -153,7 +159,8 @@ class SequenceSampler:
         self._n_vocab = n_vocab
         self._candidates: _Candidates | None = None
         self._one: _OneToken | None = None
-        # How many tokens the grammar refused, each sampled again from the masked vocabulary.
+        self._shortlist: Any = None
+        # How many tokens the grammar refused, each sampled again from the allowed ones.
         self.resamples = 0
 
     def sample(self, ctx: Any, index: int) -> int:
@@ -177,10 +184,7 @@ class SequenceSampler:
             assert self._one is not None
             if not self._grammar_first and not self._one.allowed_by(grammar, token):
                 self.resamples += 1
-                candidates.fill(logits)
-                llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
-                llama_cpp.llama_sampler_apply(chain, candidates.pointer)
-                token, logit = candidates.selected()
+                token, logit = self._resample(logits)
             # llama.cpp aborts the process when a grammar accepts a token it refuses: a grammar
             # that allows nothing more ends this sequence, not the server.
             if logit == _NEG_INF:
@@ -189,11 +193,36 @@ class SequenceSampler:
         llama_cpp.llama_sampler_accept(chain, token)
         return token
 
+    def _resample(self, logits: NDArray[np.float32]) -> tuple[int, float]:
+        """A token the grammar allows: from the shortlist if it holds one, else from the whole
+        vocabulary (the grammar over every token costs milliseconds; over the shortlist, not)."""
+        candidates, chain, grammar = self._candidates, self._chain, self._grammar
+        assert candidates is not None
+        if self._shortlist is None:
+            self._shortlist = llama_cpp.llama_sampler_init_top_k(SHORTLIST)
+        candidates.fill(logits)
+        llama_cpp.llama_sampler_apply(self._shortlist, candidates.pointer)
+        llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+        # The grammar's -inf leaves the shortlist out of order: a top_k that trusted the flag
+        # would cut allowed tokens and keep refused ones.
+        candidates.array.sorted = False
+        llama_cpp.llama_sampler_apply(chain, candidates.pointer)
+        token, logit = candidates.selected()
+        if logit != _NEG_INF:
+            return token, logit
+        candidates.fill(logits)
+        llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+        llama_cpp.llama_sampler_apply(chain, candidates.pointer)
+        return candidates.selected()
+
     def close(self) -> None:
-        """Free the chain and the grammar; idempotent."""
+        """Free the chain, the grammar and the shortlist; idempotent."""
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
         if self._grammar:
             llama_cpp.llama_sampler_free(self._grammar)
             self._grammar = None
+        if self._shortlist:
+            llama_cpp.llama_sampler_free(self._shortlist)
+            self._shortlist = None

@@ -17,7 +17,7 @@ from qfserve.engines.base import SamplingParams
 from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
 from qfserve.engines.registry import bundled_model_path
-from qfserve.engines.sampling import SequenceSampler
+from qfserve.engines.sampling import SHORTLIST, SequenceSampler
 from qfserve.errors import InternalError, InvalidArgument
 
 pytestmark = pytest.mark.model
@@ -85,6 +85,22 @@ def test_a_refused_token_is_sampled_again_from_what_the_grammar_allows(
     assert s.resamples == 1
     # The answer is complete: only the end of generation is left, whatever the model prefers.
     assert model.is_eog(s.sample_logits(favouring(model, maybe, no)))
+    s.close()
+
+
+def test_a_refused_token_is_found_beyond_the_shortlist_when_it_holds_none(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    """The model's likeliest tokens are all refused: the whole vocabulary is masked instead."""
+    refused = [
+        token
+        for token in range(1000, 4000)
+        if model.token_piece(token).lstrip()[:1] not in (b"y", b"n", b"")
+    ][: SHORTLIST + 10]
+    s = sampler(model, grammars, YES_NO)
+    chosen = model.token_piece(s.sample_logits(favouring(model, *refused)))
+    assert chosen and (b"yes".startswith(chosen) or b"no".startswith(chosen))
+    assert s.resamples == 1
     s.close()
 
 
