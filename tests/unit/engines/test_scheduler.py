@@ -197,6 +197,38 @@ def test_unrelated_prompt_takes_the_least_recently_used_slot() -> None:
     assert c.slot == b.slot and c.n_cached == 0
 
 
+def test_a_stored_prefix_longer_than_any_slots_takes_the_least_recently_used_slot() -> None:
+    stored = [1, 2, 3, *range(50, 70)]
+    sched: Scheduler[None] = Scheduler(
+        n_slots=2,
+        max_wait_seconds=10.0,
+        prefill_chunk=64,
+        stored_prefix=lambda prompt: common_prefix_length(stored, prompt),
+    )
+    sched.slots[0].cached, sched.slots[0].last_used = [1, 2, 3, 4, 5, 6], 1
+    sched.slots[1].cached, sched.slots[1].last_used = [1, 2, 3, *range(50, 54), 9, 9], 2
+    # Slot 1 would keep 7 tokens, the store has 23: the restored state replaces a whole slot's
+    # cache, so the least recently used one goes, and its tokens go with the request.
+    returning = seq(1, [*stored, 99])
+    sched.add(returning)
+    sched.schedule(0.0)
+    assert returning.slot == 0
+    assert returning.displaced == [1, 2, 3, 4, 5, 6]
+    assert (returning.n_past, returning.n_stored) == (3, 23)
+    assert sched.slots[0].cached == [] and sched.slots[1].cached[-1] == 9
+
+    sched.restored(returning, 23)
+    assert (returning.n_past, returning.n_cached) == (23, 23)
+    assert sched.stats().cached_prompt_tokens == 23
+    sched.finish(returning)
+
+    # No stored prefix beats the slot: the usual choice, nothing to restore.
+    follow = seq(2, [1, 2, 3, *range(50, 54), 9, 9, 7])
+    sched.add(follow)
+    sched.schedule(0.0)
+    assert follow.slot == 1 and follow.n_stored == 0 and follow.n_past == 9
+
+
 def test_waiting_requests_expire_after_the_deadline() -> None:
     sched = make(n_slots=1, wait=5.0)
     running, old, young = seq(1, [1], 0.0), seq(2, [2], 1.0), seq(3, [3], 4.0)
