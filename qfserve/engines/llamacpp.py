@@ -35,7 +35,14 @@ from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
 from qfserve.engines.prefix_store import BLOCK, PrefixCache, Restorable, model_fingerprint
 from qfserve.engines.sampling import SequenceSampler
-from qfserve.engines.scheduler import KEEP_AT_LEAST, Admission, Scheduler, SeqState, Step
+from qfserve.engines.scheduler import (
+    KEEP_AT_LEAST,
+    MIN_RESTORE_GAIN,
+    Admission,
+    Scheduler,
+    SeqState,
+    Step,
+)
 from qfserve.engines.stops import StopMatcher
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError, QfserveError
 
@@ -394,11 +401,13 @@ class LlamaCppEngine:
 
     def _step(self) -> None:
         """Engine thread: schedule, decode one batch, sample, publish."""
-        step = self._sched.schedule(time.monotonic())
+        step = self._sched.admit(time.monotonic())
         for seq in step.expired:
             self._end(seq, OverloadedError())
         for seq in step.admitted:
             self._begin(seq)
+        # After `_begin`: a restored state or a forgotten prefix moves where prefilling starts.
+        self._sched.plan(step)
         if step.chunks:
             self._decode(step)
         self._publish()
@@ -426,7 +435,9 @@ class LlamaCppEngine:
         would lose most of it (llama-server's rule), and restore a saved state of the prompt if
         one covers more of it than the slot does."""
         # Fetched first: saving may push the wanted state out of RAM.
-        found = tiers.fetch(seq.tokens, limit=seq.n_prompt - 1, better_than=seq.n_past)
+        found = tiers.fetch(
+            seq.tokens, limit=seq.n_prompt - 1, better_than=seq.n_past + MIN_RESTORE_GAIN - 1
+        )
         displaced = seq.displaced
         seq.displaced = []
         if (

@@ -257,7 +257,7 @@ class DiskTier:
         self.budget = budget
         self.bytes = 0
         self.evictions = 0
-        self._identity = encode_identity(identity)
+        self.identity = encode_identity(identity)
         # Least recently used first.
         self._entries: OrderedDict[str, DiskEntry] = OrderedDict()
         self._index: PrefixIndex[str] = PrefixIndex()
@@ -323,7 +323,7 @@ class DiskTier:
     def write(self, tokens: Sequence[int], state: bytearray) -> bool:
         """Store an entry (writer thread). False if it is bigger than the budget, shorter than a
         block, already held, or the write failed."""
-        size = file_size(len(self._identity), len(tokens), len(state))
+        size = file_size(len(self.identity), len(tokens), len(state))
         if size > self.budget or len(tokens) < BLOCK or self.holds(tokens):
             return False
         token_bytes = array("i", tokens)
@@ -344,10 +344,10 @@ class DiskTier:
         head = _PREFIX.pack(
             _MAGIC,
             FORMAT_VERSION,
-            len(self._identity),
+            len(self.identity),
             len(tokens),
             len(state),
-            zlib.crc32(raw_tokens, zlib.crc32(self._identity)),
+            zlib.crc32(raw_tokens, zlib.crc32(self.identity)),
             state_crc,
         )
         temp = self.directory / f"{TEMP_PREFIX}{name}"
@@ -355,7 +355,7 @@ class DiskTier:
         try:
             with open(temp, "wb") as f:
                 f.write(head)
-                f.write(self._identity)
+                f.write(self.identity)
                 f.write(raw_tokens)
                 f.write(state)
                 f.flush()
@@ -392,14 +392,14 @@ class DiskTier:
                 magic, version, id_len, n_tokens, state_len, meta_crc, state_crc = _PREFIX.unpack(
                     head
                 )
-                if magic != _MAGIC or version != FORMAT_VERSION or id_len != len(self._identity):
+                if magic != _MAGIC or version != FORMAT_VERSION or id_len != len(self.identity):
                     return None
                 identity = f.read(id_len)
                 raw_tokens = f.read(n_tokens * TOKEN_BYTES)
                 size = os.fstat(f.fileno()).st_size
         except OSError:
             return None
-        if identity != self._identity or len(raw_tokens) != n_tokens * TOKEN_BYTES:
+        if identity != self.identity or len(raw_tokens) != n_tokens * TOKEN_BYTES:
             return None
         if zlib.crc32(raw_tokens, zlib.crc32(identity)) != meta_crc:
             return None
@@ -565,13 +565,22 @@ class PrefixCache:
         ]
 
     def close(self, also: Iterable[tuple[Sequence[int], bytearray]] = ()) -> None:
-        """Write `also` (the slots' states) and what RAM holds to disk, newest first, and wait
-        for the writer. Without a disk tier this only drops the RAM entries."""
-        if self._writer is not None:
-            for tokens, state in also:
-                self._spills.put((array("i", tokens), state))
-            for entry in self.ram.entries():
-                self._spills.put((entry.tokens, entry.state))
+        """Write `also` (the slots' states, the most recent) and what RAM holds to disk, and wait
+        for the writer. Only the newest that fit the disk budget are written, oldest first, so
+        the files' ages keep the order of use. Without a disk tier this only drops RAM."""
+        disk = self.disk
+        if self._writer is not None and disk is not None:
+            newest_first = [(array("i", tokens), state) for tokens, state in also]
+            newest_first += [(e.tokens, e.state) for e in self.ram.entries()]
+            identity_bytes = len(disk.identity)
+            room, chosen = disk.budget, []
+            for tokens, state in newest_first:
+                room -= file_size(identity_bytes, len(tokens), len(state))
+                if room < 0:
+                    break
+                chosen.append((tokens, state))
+            for item in reversed(chosen):
+                self._spills.put(item)
             self._spills.put(None)
             self._writer.join()
             self._writer = None

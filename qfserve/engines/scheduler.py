@@ -8,7 +8,7 @@ Before a request reaches the engine thread, `Admission` bounds the requests in f
 `n_slots + max_waiting`: past that, the waiting queue is full and the request is refused at once
 with OverloadedError (336100).
 
-One engine step, `Scheduler.schedule(now)`:
+One engine step, `Scheduler.schedule(now)` (or `admit(now)`, then `plan(step)`):
 
 1. Expire: waiting requests older than `max_wait_seconds` leave the queue; the engine fails them
    with OverloadedError (336100).
@@ -108,7 +108,7 @@ class SeqState(Generic[P]):
     n_past: int = 0
     n_cached: int = 0
     # What the slot's KV cache held when this request took it (the engine may save it first),
-    # and how much of the prompt a saved state outside the slots covers (0: none better).
+    # and how much of the prompt a saved state outside the slots covers (0: not enough more).
     displaced: list[int] = field(default_factory=list)
     n_stored: int = 0
 
@@ -152,6 +152,10 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 # without the bar, a new conversation would match any slot by that opening alone and destroy the
 # history cached there, and conversations played side by side would evict each other each turn.
 KEEP_AT_LEAST = 0.5
+
+# A saved state is restored only if it covers at least this many more prompt tokens than the slot:
+# copying a state of a whole conversation back costs about what prefilling a few tokens does.
+MIN_RESTORE_GAIN = 16
 
 
 def choose_slot(slots: Iterable[Slot], prompt: Sequence[int]) -> Slot | None:
@@ -212,11 +216,22 @@ class Scheduler(Generic[P]):
         self.waiting.append(seq)
 
     def schedule(self, now: float) -> Step[P]:
+        step = self.admit(now)
+        self.plan(step)
+        return step
+
+    def admit(self, now: float) -> Step[P]:
+        """Steps 1 and 2: expire, then admit. The engine may restore saved states into the
+        admitted sequences' slots before `plan`."""
         step: Step[P] = Step()
         if self.waiting:
             self._expire(now, step)
         while self.waiting and len(self.running) < len(self.slots):
             self._admit(self.waiting.popleft(), step)
+        return step
+
+    def plan(self, step: Step[P]) -> None:
+        """Step 3: the batch's chunks."""
         budget = self.prefill_chunk
         for seq in self.running.values():
             remaining = len(seq.tokens) - seq.n_past
@@ -226,7 +241,6 @@ class Scheduler(Generic[P]):
                 n = min(remaining, budget)
                 budget -= n
                 step.chunks.append((seq, n))
-        return step
 
     def advance(self, step: Step[P]) -> None:
         """The batch of `step` was decoded: its tokens are in the KV cache now."""
@@ -309,10 +323,11 @@ class Scheduler(Generic[P]):
         stored = 0
         if self.stored_prefix is not None:
             stored = min(self.stored_prefix(seq.tokens), seq.n_prompt - 1)
-            if stored > reuse:
+            if stored >= reuse + MIN_RESTORE_GAIN:
                 slot = least_recent_idle(self.slots) or slot
                 reuse = min(common_prefix_length(slot.cached, seq.tokens), seq.n_prompt - 1)
-        seq.displaced, seq.n_stored = slot.cached, stored if stored > reuse else 0
+        seq.displaced = slot.cached
+        seq.n_stored = stored if stored >= reuse + MIN_RESTORE_GAIN else 0
         slot.busy, slot.cached = True, []
         seq.slot, seq.n_past, seq.n_cached = slot.seq_id, max(0, reuse), max(0, reuse)
         self.running[seq.key] = seq

@@ -47,12 +47,12 @@ def test_index_finds_the_longest_shared_prefix_exactly() -> None:
     a, b = toks(1, 100), toks(2, 100)
     index.add("a", array("i", a))
     index.add("b", array("i", b))
-    assert index.longest(a[:70] + [5, 5, 5]) == ("a", 70)
-    assert index.longest(a + [1, 2]) == ("a", 100)
+    assert index.longest([*a[:70], 5, 5, 5]) == ("a", 70)
+    assert index.longest([*a, 1, 2]) == ("a", 100)
     # Sharing only the 20-token opening: one whole block in common, found at that length.
     assert index.longest(toks(3, 60))[1] == 20
     # Less than a block in common: nothing.
-    assert index.longest(a[:BLOCK - 1] + [9] * 40) == (None, 0)
+    assert index.longest(a[: BLOCK - 1] + [9] * 40) == (None, 0)
     index.remove("a")
     assert index.longest(a)[0] in {"b"}
 
@@ -89,7 +89,7 @@ def test_a_full_ram_tier_evicts_the_least_recently_used() -> None:
     ram = RamTier(budget=3 * entry_size(64, 100))
     for conversation in (1, 2, 3):
         ram.put(toks(conversation, 64), state(100))
-    entry, length = ram.find(toks(1, 64) + [1])
+    entry, length = ram.find([*toks(1, 64), 1])
     assert entry is not None and length == 64
     ram.touch(entry)  # conversation 1 is now the most recent: 2 goes first
     _, evicted = ram.put(toks(4, 64), state(100))
@@ -142,7 +142,7 @@ def test_disk_entries_are_found_again_after_a_restart(tmp_path: Path) -> None:
     assert first.write(toks(2, 48), state(500, 4))
     again = disk(tmp_path)
     assert len(again) == 2 and again.bytes == first.bytes
-    entry, length = again.find(toks(1, 64) + [1, 2])
+    entry, length = again.find([*toks(1, 64), 1, 2])
     assert entry is not None and length == 64
     assert again.read(entry) == state(1000, 3)
 
@@ -273,10 +273,10 @@ def test_ram_evictions_spill_to_disk_and_close_writes_the_rest(tmp_path: Path) -
     wait_until(lambda: len(disk_tier) == 2, 5.0, what="two spilled states")
     assert cache.ram.bytes == 2 * one and len(cache.ram) == 2
 
-    found = cache.fetch(toks(0, 64) + [5], limit=64, better_than=0)
+    found = cache.fetch([*toks(0, 64), 5], limit=64, better_than=0)
     assert found is not None and found.tier == "disk" and found.length == 64
     assert found.state == state(1000, 0)
-    found = cache.fetch(toks(3, 64) + [5], limit=60, better_than=0)
+    found = cache.fetch([*toks(3, 64), 5], limit=60, better_than=0)
     assert found is not None and found.tier == "ram" and found.length == 60
     assert cache.fetch(toks(3, 64), limit=64, better_than=64) is None
     stats = {s.tier: s for s in cache.stats()}
@@ -310,3 +310,18 @@ def test_both_tiers_off() -> None:
     cache = PrefixCache(ram_budget=0, disk_root=None, disk_budget=10**7)
     assert not cache.enabled
     assert not PrefixCache(ram_budget=0, disk_root=Path("/x"), disk_budget=0).enabled
+
+
+def test_close_keeps_the_most_recent_states_that_fit_the_disk(tmp_path: Path) -> None:
+    one = file_size(len(encode_identity(IDENTITY)), 64, 1000)
+    cache = PrefixCache(ram_budget=10**7, disk_root=tmp_path, disk_budget=2 * one)
+    cache.open(IDENTITY)
+    for conversation in (1, 2, 3):
+        cache.save(toks(conversation, 64), state(1000))
+    cache.close(also=[(toks(4, 64), state(1000))])  # a slot's state: the most recent
+    restarted = PrefixCache(ram_budget=10**7, disk_root=tmp_path, disk_budget=2 * one)
+    restarted.open(IDENTITY)
+    assert restarted.disk is not None
+    held = {c for c in (1, 2, 3, 4) if restarted.disk.find(toks(c, 64))[1] == 64}
+    assert held == {3, 4}
+    restarted.close()

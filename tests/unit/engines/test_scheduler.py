@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from qfserve.engines.scheduler import (
+    MIN_RESTORE_GAIN,
     Admission,
     Scheduler,
     SeqState,
@@ -222,11 +223,27 @@ def test_a_stored_prefix_longer_than_any_slots_takes_the_least_recently_used_slo
     assert sched.stats().cached_prompt_tokens == 23
     sched.finish(returning)
 
-    # No stored prefix beats the slot: the usual choice, nothing to restore.
-    follow = seq(2, [1, 2, 3, *range(50, 54), 9, 9, 7])
-    sched.add(follow)
-    sched.schedule(0.0)
-    assert follow.slot == 1 and follow.n_stored == 0 and follow.n_past == 9
+
+def test_a_stored_prefix_must_beat_the_slot_by_min_restore_gain() -> None:
+    stored = [1, 2, 3, *range(50, 90)]
+
+    def admitted(n_stored_tokens: int) -> Seq:
+        sched: Scheduler[None] = Scheduler(
+            n_slots=1,
+            max_wait_seconds=10.0,
+            prefill_chunk=64,
+            stored_prefix=lambda prompt: common_prefix_length(stored, prompt),
+        )
+        sched.slots[0].cached = [1, 2, 3, 50, 51, 52, 53, 9]  # keeps 7
+        request = seq(1, [*stored[:n_stored_tokens], 7])
+        sched.add(request)
+        sched.schedule(0.0)
+        return request
+
+    short = admitted(7 + MIN_RESTORE_GAIN - 1)
+    assert (short.n_past, short.n_stored) == (7, 0)
+    enough = admitted(7 + MIN_RESTORE_GAIN)
+    assert (enough.n_past, enough.n_stored) == (7, 7 + MIN_RESTORE_GAIN)
 
 
 def test_waiting_requests_expire_after_the_deadline() -> None:
