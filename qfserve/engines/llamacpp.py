@@ -414,7 +414,12 @@ class LlamaCppEngine:
 
     def _begin(self, seq: Seq) -> None:
         if self._tiers is not None:
-            self._use_tiers(seq, self._tiers)
+            try:
+                self._use_tiers(seq, self._tiers)
+            except Exception:  # the cache is an optimisation: prefill instead
+                logger.exception("engine %s: the prefix cache failed", self.name)
+                llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                self._sched.forget_prefix(seq)
         # Drop the slot's cached tokens past the shared prefix; only recurrent models refuse a
         # partial removal, and they start from scratch.
         if not llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1):
@@ -459,7 +464,11 @@ class LlamaCppEngine:
         size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, slot, 0)
         if size <= 0:
             return None
-        state = bytearray(size)
+        try:
+            state = bytearray(size)
+        except MemoryError:
+            logger.warning("engine %s: no memory to save a %d-byte state", self.name, size)
+            return None
         view = (ctypes.c_uint8 * size).from_buffer(state)
         written = llama_cpp.llama_state_seq_get_data_ext(self._ctx, view, size, slot, 0)
         del view  # releases the bytearray's buffer

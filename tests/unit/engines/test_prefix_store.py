@@ -325,3 +325,49 @@ def test_close_keeps_the_most_recent_states_that_fit_the_disk(tmp_path: Path) ->
     held = {c for c in (1, 2, 3, 4) if restarted.disk.find(toks(c, 64))[1] == 64}
     assert held == {3, 4}
     restarted.close()
+
+
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from qfserve.engines.prefix_store import DiskTier
+tier = DiskTier(Path(sys.argv[1]), {identity!r}, 10**9)
+tier.scan()
+n = 0
+while True:
+    n += 1
+    tokens = [1000 + i for i in range(20)] + [n * 1000 + i for i in range(44)]
+    tier.write(tokens, bytearray(4 << 20))
+"""
+
+
+def test_a_writer_killed_mid_spill_leaves_a_directory_the_next_start_reads(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = KILLED_WRITER.format(identity=IDENTITY)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    writer = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env)
+    try:
+        # Killed while a file is being written, as far as timing allows: once a few are done and
+        # a temporary one is on its way.
+        wait_until(
+            lambda: (
+                len([p for p in tmp_path.iterdir() if not p.name.startswith(TEMP_PREFIX)]) >= 3
+                and any(p.name.startswith(TEMP_PREFIX) for p in tmp_path.iterdir())
+            ),
+            30.0,
+            interval=0.001,
+            what="a spill in progress",
+        )
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    tier = disk(tmp_path, budget=10**9)
+    assert len(tier) >= 3
+    assert not any(p.name.startswith(TEMP_PREFIX) for p in tmp_path.iterdir())
+    assert tier.bytes == sum(p.stat().st_size for p in tmp_path.iterdir())
+    for path in tmp_path.iterdir():
+        entry = tier._entries[path.name]
+        assert tier.read(entry) == bytearray(4 << 20)
