@@ -458,6 +458,7 @@ class LlamaCppEngine:
                 self._sched.restored(seq, found.length)
             else:
                 logger.warning("engine %s: a saved state did not restore", self.name)
+                tiers.discard(found)
                 self._sched.forget_prefix(seq)
 
     def _read_state(self, slot: int) -> bytearray | None:

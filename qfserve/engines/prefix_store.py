@@ -215,6 +215,10 @@ class RamTier:
         self.bytes += size
         return True, evicted
 
+    def remove(self, key: int) -> None:
+        if key in self._entries:
+            self._drop(key)
+
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self._index.remove(key)
@@ -383,6 +387,10 @@ class DiskTier:
             self._add(entry)
         return True
 
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._remove_file(name)
+
     def _read_header(self, path: Path) -> DiskEntry | None:
         try:
             with open(path, "rb") as f:
@@ -461,6 +469,8 @@ class Restorable:
     tier: str
     length: int
     state: bytearray
+    # The entry's key in its tier (a RAM entry's number, a disk file's name).
+    key: int | str = 0
 
 
 class PrefixCache:
@@ -519,14 +529,14 @@ class PrefixCache:
         ram_length, disk_length = min(ram_length, limit), min(disk_length, limit)
         if ram_entry is not None and ram_length > better_than and ram_length >= disk_length:
             self.ram.touch(ram_entry)
-            return self._hit("ram", ram_length, ram_entry.state)
+            return self._hit("ram", ram_length, ram_entry.state, ram_entry.key)
         self._misses["ram"] += 1
         if self.disk is None:
             return None
         if disk_entry is not None and disk_length > better_than:
             state = self.disk.read(disk_entry)
             if state is not None:
-                return self._hit("disk", disk_length, state)
+                return self._hit("disk", disk_length, state, disk_entry.name)
         self._misses["disk"] += 1
         return None
 
@@ -586,10 +596,20 @@ class PrefixCache:
             self._writer = None
         self.ram = RamTier(self.ram.budget)
 
-    def _hit(self, tier: str, length: int, state: bytearray) -> Restorable:
+    def discard(self, found: Restorable) -> None:
+        """Forget a state that llama.cpp would not restore, and take back its hit."""
+        self._hits[found.tier] -= 1
+        self._restored[found.tier] -= found.length
+        self._misses[found.tier] += 1
+        if found.tier == "ram" and isinstance(found.key, int):
+            self.ram.remove(found.key)
+        elif found.tier == "disk" and isinstance(found.key, str) and self.disk is not None:
+            self.disk.remove(found.key)
+
+    def _hit(self, tier: str, length: int, state: bytearray, key: int | str) -> Restorable:
         self._hits[tier] += 1
         self._restored[tier] += length
-        return Restorable(tier, length, state)
+        return Restorable(tier, length, state, key)
 
     def _spill(self, tokens: array[int], state: bytearray) -> None:
         if self._writer is None:

@@ -73,6 +73,21 @@ def test_a_restored_state_continues_like_the_slot_that_held_it() -> None:
             assert restored == from_slot
             # A prefilled prompt's logits come from a batched decode: they may drift late.
             assert eng.tokenize(restored)[:8] == eng.tokenize(fresh)[:8], (restored, fresh)
+
+            # A state llama.cpp refuses (its magic number damaged here): the slot is cleared and
+            # the prompt prefilled as if nothing had been saved.
+            await answer(eng, eng.tokenize(SYSTEM + question("volcanoes")), 4)
+            assert eng._tiers is not None
+            entry, _ = eng._tiers.ram.find(prompt)
+            assert entry is not None
+            entry.state[0:4] = b"\0\0\0\0"
+            before = tiers(eng)["ram"]
+            refused, cached = await answer(eng, prompt)
+            assert cached == 0 and refused == fresh
+            # Dropped: what RAM still has of the prompt is another conversation's opening.
+            assert eng._tiers.ram.find(prompt)[1] < len(prompt) // 2
+            after = tiers(eng)["ram"]
+            assert (after.hits, after.misses) == (before.hits, before.misses + 1)
         finally:
             await eng.close()
 
