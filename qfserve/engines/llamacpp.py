@@ -440,9 +440,12 @@ class LlamaCppEngine:
         would lose most of it (llama-server's rule), and restore a saved state of the prompt if
         one covers more of it than the slot does."""
         # Fetched first: saving may push the wanted state out of RAM.
-        found = tiers.fetch(
-            seq.tokens, limit=seq.n_prompt - 1, better_than=seq.n_past + MIN_RESTORE_GAIN - 1
-        )
+        found = None
+        if seq.n_stored:
+            better_than = seq.n_past + MIN_RESTORE_GAIN - 1
+            found = tiers.fetch(seq.tokens, limit=seq.n_prompt - 1, better_than=better_than)
+        else:
+            tiers.missed()
         displaced = seq.displaced
         seq.displaced = []
         if (

@@ -540,6 +540,12 @@ class PrefixCache:
         self._misses["disk"] += 1
         return None
 
+    def missed(self) -> None:
+        """An admission no tier could serve better than its slot."""
+        self._misses["ram"] += 1
+        if self.disk is not None:
+            self._misses["disk"] += 1
+
     def holds(self, tokens: Sequence[int]) -> bool:
         """A tier already has an entry starting with all of `tokens`."""
         return self.ram.holds(tokens) or (self.disk is not None and self.disk.holds(tokens))

@@ -371,3 +371,26 @@ def test_a_writer_killed_mid_spill_leaves_a_directory_the_next_start_reads(tmp_p
     for path in tmp_path.iterdir():
         entry = tier._entries[path.name]
         assert tier.read(entry) == bytearray(4 << 20)
+
+
+def test_a_discarded_state_leaves_its_tier_and_counts_as_a_miss(tmp_path: Path) -> None:
+    cache = PrefixCache(ram_budget=entry_size(64, 100), disk_root=tmp_path, disk_budget=10**7)
+    cache.open(IDENTITY)
+    cache.save(toks(1, 64), state(100))
+    cache.save(toks(2, 64), state(100))  # pushes 1 to disk
+    assert cache.disk is not None
+    disk_tier = cache.disk
+    wait_until(lambda: len(disk_tier) == 1, 5.0, what="the spilled state")
+    for conversation, tier in ((2, "ram"), (1, "disk")):
+        found = cache.fetch(toks(conversation, 64), limit=64, better_than=0)
+        assert found is not None and found.tier == tier
+        cache.discard(found)
+        assert cache.fetch(toks(conversation, 64), limit=64, better_than=20) is None
+    assert list(tmp_path.rglob(f"*{SUFFIX}")) == []
+    cache.missed()
+    stats = {s.tier: s for s in cache.stats()}
+    assert (stats["ram"].hits, stats["ram"].restored_tokens) == (0, 0)
+    assert (stats["disk"].hits, stats["disk"].restored_tokens) == (0, 0)
+    assert (stats["ram"].misses, stats["disk"].misses) == (5, 4)
+    assert stats["ram"].entries == stats["disk"].entries == 0
+    cache.close()
