@@ -27,6 +27,7 @@ because the writer thread adds and evicts files while the engine thread looks up
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -286,7 +287,10 @@ class DiskTier:
                 logger.warning("prefix cache: discarding %s (not a state of this model)", path)
                 _unlink(path)
                 continue
-            found.append((path.stat().st_mtime, entry))
+            try:
+                found.append((path.stat().st_mtime, entry))
+            except OSError:  # gone meanwhile
+                continue
         with self._lock:
             for _, entry in sorted(found, key=lambda item: item[0]):
                 self._add(entry)
@@ -310,7 +314,6 @@ class DiskTier:
             with open(path, "rb") as f:
                 f.seek(entry.state_offset)
                 complete = f.readinto(state) == entry.state_length and not f.read(1)
-            os.utime(path)
         except OSError:
             complete = False
         if not complete or zlib.crc32(state) != entry.state_crc:
@@ -322,6 +325,9 @@ class DiskTier:
         with self._lock:
             if entry.name in self._entries:
                 self._entries.move_to_end(entry.name)
+        # Its age orders the files' eviction after a restart.
+        with contextlib.suppress(OSError):
+            os.utime(path)
         return state
 
     def write(self, tokens: Sequence[int], state: bytearray) -> bool:
@@ -354,7 +360,7 @@ class DiskTier:
             zlib.crc32(raw_tokens, zlib.crc32(self.identity)),
             state_crc,
         )
-        temp = self.directory / f"{TEMP_PREFIX}{name}"
+        temp = self.directory / f"{TEMP_PREFIX}{os.getpid()}-{name}"
         final = self.directory / name
         try:
             with open(temp, "wb") as f:
