@@ -105,6 +105,14 @@ class EngineSettings(BaseModel):
     # Prompt tokens prefilled per step while other sequences are decoding, so streams keep flowing.
     prefill_chunk: int = 256
     seed: int = -1
+    # The prefix cache beyond the slots: a slot's KV state about to be overwritten is saved, and
+    # restored when its conversation returns. RAM budget in MiB (0: off); 1 GiB holds ~46k tokens
+    # of the bundled model's f16 KV cache (23 KB a token), a few dozen conversations.
+    cache_ram_mb: int = Field(default=1024, ge=0)
+    # A directory for states leaving RAM, found again after a restart (empty: no disk tier), and
+    # its budget in MiB.
+    cache_dir: str = ""
+    cache_disk_mb: int = Field(default=4096, ge=0)
 
 
 class StreamSettings(BaseModel):

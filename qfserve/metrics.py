@@ -138,12 +138,64 @@ class _EngineCollector(Collector):
         failures = CounterMetricFamily(
             "qfserve_upstream_failures", "Tries that failed on a remote replica.", labels=labels
         )
+        tier_labels = ["endpoint", "tier"]
+        tier_budget = GaugeMetricFamily(
+            "qfserve_prefix_cache_budget_bytes",
+            "The byte budget of a prefix cache tier outside the slots (ram, disk).",
+            labels=tier_labels,
+        )
+        tier_bytes = GaugeMetricFamily(
+            "qfserve_prefix_cache_bytes",
+            "Bytes of saved KV states a tier holds.",
+            labels=tier_labels,
+        )
+        tier_entries = GaugeMetricFamily(
+            "qfserve_prefix_cache_entries", "Saved KV states a tier holds.", labels=tier_labels
+        )
+        tier_hits = CounterMetricFamily(
+            "qfserve_prefix_cache_hits",
+            "Admissions whose prompt a tier's saved state covered further than any slot.",
+            labels=tier_labels,
+        )
+        tier_misses = CounterMetricFamily(
+            "qfserve_prefix_cache_misses",
+            "Admissions for which a tier had no state covering more of the prompt than the slot.",
+            labels=tier_labels,
+        )
+        tier_evictions = CounterMetricFamily(
+            "qfserve_prefix_cache_evictions",
+            "Saved states a tier dropped to stay within its budget.",
+            labels=tier_labels,
+        )
+        tier_restored = CounterMetricFamily(
+            "qfserve_prefix_cache_restored_tokens",
+            "Prompt tokens restored from a tier's saved states instead of being prefilled.",
+            labels=tier_labels,
+        )
+        tier_families = [
+            tier_budget,
+            tier_bytes,
+            tier_entries,
+            tier_hits,
+            tier_misses,
+            tier_evictions,
+            tier_restored,
+        ]
         for name, stats in self._engines.stats().items():
             running.add_metric([name], stats.running)
             waiting.add_metric([name], stats.waiting)
             prompt.add_metric([name], stats.prompt_tokens)
             cached.add_metric([name], stats.cached_prompt_tokens)
             generated.add_metric([name], stats.generated_tokens)
+            for tier in stats.prefix_tiers:
+                key = [name, tier.tier]
+                tier_budget.add_metric(key, tier.budget_bytes)
+                tier_bytes.add_metric(key, tier.bytes)
+                tier_entries.add_metric(key, tier.entries)
+                tier_hits.add_metric(key, tier.hits)
+                tier_misses.add_metric(key, tier.misses)
+                tier_evictions.add_metric(key, tier.evictions)
+                tier_restored.add_metric(key, tier.restored_tokens)
         for name, replicas in self._engines.replica_stats().items():
             for replica in replicas:
                 key = [name, replica.url]
@@ -151,7 +203,18 @@ class _EngineCollector(Collector):
                 outstanding.add_metric(key, replica.outstanding)
                 tries.add_metric(key, replica.requests)
                 failures.add_metric(key, replica.failures)
-        return [running, waiting, prompt, cached, generated, healthy, outstanding, tries, failures]
+        return [
+            running,
+            waiting,
+            prompt,
+            cached,
+            generated,
+            *tier_families,
+            healthy,
+            outstanding,
+            tries,
+            failures,
+        ]
 
 
 class _QuotaCollector(Collector):

@@ -89,6 +89,22 @@ class EngineInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TierStats:
+    """One tier of a prefix cache outside the slots: its budget and holdings, then running totals
+    since start (admissions it served or could not serve, entries pushed out by the budget,
+    prompt tokens restored instead of prefilled)."""
+
+    tier: str
+    budget_bytes: int
+    bytes: int
+    entries: int
+    hits: int
+    misses: int
+    evictions: int
+    restored_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class EngineStats:
     """A snapshot for /metrics: gauges, then running totals since start."""
 
@@ -97,6 +113,7 @@ class EngineStats:
     prompt_tokens: int
     cached_prompt_tokens: int
     generated_tokens: int
+    prefix_tiers: tuple[TierStats, ...] = ()
 
 
 class Engine(Protocol):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import dataclasses
 import itertools
 import logging
 import queue
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -30,8 +33,16 @@ from qfserve.config import EngineSettings
 from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, GenerationRequest
 from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
+from qfserve.engines.prefix_store import BLOCK, PrefixCache, Restorable, model_fingerprint
 from qfserve.engines.sampling import SequenceSampler
-from qfserve.engines.scheduler import Admission, Scheduler, SeqState, Step
+from qfserve.engines.scheduler import (
+    KEEP_AT_LEAST,
+    MIN_RESTORE_GAIN,
+    Admission,
+    Scheduler,
+    SeqState,
+    Step,
+)
 from qfserve.engines.stops import StopMatcher
 from qfserve.errors import EngineUnavailable, InternalError, OverloadedError, QfserveError
 
@@ -96,10 +107,20 @@ class LlamaCppEngine:
         self._info = EngineInfo(name=name, model_path=model_path, context_length=self._n_ctx_seq)
         self._inbox: queue.SimpleQueue[Seq | int | None] = queue.SimpleQueue()
         self._admission = Admission(settings.n_parallel + settings.max_waiting)
+        # Slot states saved outside the slots: None when both tiers are off.
+        tiers = PrefixCache(
+            ram_budget=settings.cache_ram_mb << 20,
+            disk_root=Path(settings.cache_dir).expanduser() if settings.cache_dir else None,
+            disk_budget=settings.cache_disk_mb << 20,
+        )
+        self._tiers = tiers if tiers.enabled else None
+        # States of the slots taken at shutdown, for the disk tier.
+        self._slot_states: list[tuple[list[int], bytearray]] = []
         self._sched: Scheduler[_Live] = Scheduler(
             n_slots=settings.n_parallel,
             max_wait_seconds=settings.max_wait_seconds,
             prefill_chunk=settings.prefill_chunk,
+            stored_prefix=self._tiers.longest if self._tiers is not None else None,
         )
         self._keys = itertools.count(1)
         self._out: list[tuple[_Live, Item]] = []
@@ -118,7 +139,10 @@ class LlamaCppEngine:
 
     def stats(self) -> EngineStats:
         """Gauges and totals for /metrics; cheap, callable from any thread."""
-        return self._sched.stats()
+        stats = self._sched.stats()
+        if self._tiers is None:
+            return stats
+        return dataclasses.replace(stats, prefix_tiers=tuple(self._tiers.stats()))
 
     async def start(self) -> None:
         if self._thread is not None:
@@ -261,6 +285,8 @@ class LlamaCppEngine:
             ctx = llama_cpp.llama_init_from_model(model.ptr, params)
             if not ctx:
                 raise EngineUnavailable(f"llama.cpp could not create a context for {self.name}")
+            if self._tiers is not None:
+                self._tiers.open(self._state_identity(params))
         except BaseException:
             model.close()
             raise
@@ -294,7 +320,24 @@ class LlamaCppEngine:
         with self._free_lock:
             self._free_unlocked()
 
+    def _state_identity(self, params: Any) -> dict[str, object]:
+        """What a saved sequence state depends on besides its tokens: the model file's contents,
+        the library that wrote it, and the KV cache's layout and types."""
+        return {
+            "model": model_fingerprint(self.model_path),
+            "llama_cpp": llama_cpp.__version__,
+            "type_k": int(params.type_k),
+            "type_v": int(params.type_v),
+            "flash_attn": int(params.flash_attn_type),
+            "n_seq_max": int(params.n_seq_max),
+            "n_ctx": int(params.n_ctx),
+            "kv_unified": bool(params.kv_unified),
+        }
+
     def _free_unlocked(self) -> None:
+        if self._tiers is not None:
+            states, self._slot_states = self._slot_states, []
+            self._tiers.close(also=states)
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -326,6 +369,8 @@ class LlamaCppEngine:
             for seq in self._sched.drain():
                 self._end(seq, ending(), keep_cache=not self._dead)
             self._publish()
+            if not self._dead:
+                self._take_slot_states()
 
     def _drain(self, *, block: bool, final: bool = False) -> bool:
         """Engine thread: apply queued requests and aborts; False when asked to stop. A `final`
@@ -356,16 +401,25 @@ class LlamaCppEngine:
 
     def _step(self) -> None:
         """Engine thread: schedule, decode one batch, sample, publish."""
-        step = self._sched.schedule(time.monotonic())
+        step = self._sched.admit(time.monotonic())
         for seq in step.expired:
             self._end(seq, OverloadedError())
         for seq in step.admitted:
             self._begin(seq)
+        # After `_begin`: a restored state or a forgotten prefix moves where prefilling starts.
+        self._sched.plan(step)
         if step.chunks:
             self._decode(step)
         self._publish()
 
     def _begin(self, seq: Seq) -> None:
+        if self._tiers is not None:
+            try:
+                self._use_tiers(seq, self._tiers)
+            except Exception:  # the cache is an optimisation: prefill instead
+                logger.exception("engine %s: the prefix cache failed", self.name)
+                llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                self._sched.forget_prefix(seq)
         # Drop the slot's cached tokens past the shared prefix; only recurrent models refuse a
         # partial removal, and they start from scratch.
         if not llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1):
@@ -380,6 +434,73 @@ class LlamaCppEngine:
             grammar=live.grammar,
         )
         live.grammar = None  # the sampler owns it now
+
+    def _use_tiers(self, seq: Seq, tiers: PrefixCache) -> None:
+        """Engine thread, as a request takes its slot: save what the slot held if the request
+        would lose most of it (llama-server's rule), and restore a saved state of the prompt if
+        one covers more of it than the slot does."""
+        # Fetched first: saving may push the wanted state out of RAM.
+        found = None
+        if seq.n_stored:
+            better_than = seq.n_past + MIN_RESTORE_GAIN - 1
+            found = tiers.fetch(seq.tokens, limit=seq.n_prompt - 1, better_than=better_than)
+        else:
+            tiers.missed()
+        displaced = seq.displaced
+        seq.displaced = []
+        if (
+            len(displaced) >= BLOCK
+            and seq.n_past < KEEP_AT_LEAST * len(displaced)
+            and not tiers.holds(displaced)
+        ):
+            state = self._read_state(seq.slot)
+            if state is not None:
+                tiers.save(displaced, state)
+        if found is not None:
+            if self._write_state(seq.slot, found):
+                self._sched.restored(seq, found.length)
+            else:
+                logger.warning("engine %s: a saved state did not restore", self.name)
+                tiers.discard(found)
+                self._sched.forget_prefix(seq)
+
+    def _read_state(self, slot: int) -> bytearray | None:
+        size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, slot, 0)
+        if size <= 0:
+            return None
+        try:
+            state = bytearray(size)
+        except MemoryError:
+            logger.warning("engine %s: no memory to save a %d-byte state", self.name, size)
+            return None
+        view = (ctypes.c_uint8 * size).from_buffer(state)
+        written = llama_cpp.llama_state_seq_get_data_ext(self._ctx, view, size, slot, 0)
+        del view  # releases the bytearray's buffer
+        return state if written == size else None
+
+    def _write_state(self, slot: int, found: Restorable) -> bool:
+        """Replace the slot's KV cache with the saved state; False (the slot left empty) if
+        llama.cpp refuses it."""
+        llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        size = len(found.state)
+        view = (ctypes.c_uint8 * size).from_buffer(found.state)
+        read = llama_cpp.llama_state_seq_set_data_ext(self._ctx, view, size, slot, 0)
+        del view
+        if read != size:
+            llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            return False
+        return True
+
+    def _take_slot_states(self) -> None:
+        """Engine thread, stopping: the idle slots' states, for the disk tier to keep."""
+        tiers = self._tiers
+        if tiers is None or tiers.disk is None:
+            return
+        for slot in self._sched.slots:
+            if len(slot.cached) >= BLOCK and not tiers.holds(slot.cached):
+                state = self._read_state(slot.seq_id)
+                if state is not None:
+                    self._slot_states.append((list(slot.cached), state))
 
     def _decode(self, step: Step[_Live]) -> None:
         entries: list[tuple[int, int, int, bool]] = []

@@ -8,7 +8,7 @@ Before a request reaches the engine thread, `Admission` bounds the requests in f
 `n_slots + max_waiting`: past that, the waiting queue is full and the request is refused at once
 with OverloadedError (336100).
 
-One engine step, `Scheduler.schedule(now)`:
+One engine step, `Scheduler.schedule(now)` (or `admit(now)`, then `plan(step)`):
 
 1. Expire: waiting requests older than `max_wait_seconds` leave the queue; the engine fails them
    with OverloadedError (336100).
@@ -17,6 +17,10 @@ One engine step, `Scheduler.schedule(now)`:
    (`choose_slot`, a pure function; LRU eviction of cached prefixes follows from it). The shared
    prefix is reused up to `len(prompt) - 1` tokens: the last prompt token is always decoded again,
    since its logits give the first answer token. The engine drops the slot's KV tail past it.
+   With a tiered prefix cache (`stored_prefix`), a prompt that a saved state covers further than
+   any slot takes the least recently used idle slot instead (the restored state replaces that
+   slot's whole cache); the engine restores it and reports the tokens it got (`restored`).
+   The slot's previous tokens go with the request (`displaced`), for the engine to save first.
 3. Plan one batch: every sequence that is generating feeds its last sampled token (one token
    each, so running streams advance every step); sequences still prefilling share a budget of
    `prefill_chunk` prompt tokens per step, oldest first. A chunk that reaches the end of a
@@ -103,6 +107,10 @@ class SeqState(Generic[P]):
     # Tokens of `tokens` already in the slot's KV cache; the rest still have to be decoded.
     n_past: int = 0
     n_cached: int = 0
+    # What the slot's KV cache held when this request took it (the engine may save it first),
+    # and how much of the prompt a saved state outside the slots covers (0: not enough more).
+    displaced: list[int] = field(default_factory=list)
+    n_stored: int = 0
 
     def __post_init__(self) -> None:
         self.n_prompt = len(self.tokens)
@@ -145,6 +153,10 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 # history cached there, and conversations played side by side would evict each other each turn.
 KEEP_AT_LEAST = 0.5
 
+# A saved state is restored only if it covers at least this many more prompt tokens than the slot:
+# copying a state of a whole conversation back costs about what prefilling a few tokens does.
+MIN_RESTORE_GAIN = 16
+
 
 def choose_slot(slots: Iterable[Slot], prompt: Sequence[int]) -> Slot | None:
     """The idle slot whose cache shares the longest prefix with `prompt`, among those that would
@@ -166,13 +178,26 @@ def choose_slot(slots: Iterable[Slot], prompt: Sequence[int]) -> Slot | None:
     return best or oldest
 
 
+def least_recent_idle(slots: Iterable[Slot]) -> Slot | None:
+    idle = [slot for slot in slots if not slot.busy]
+    return min(idle, key=lambda slot: slot.last_used) if idle else None
+
+
 class Scheduler(Generic[P]):
-    def __init__(self, *, n_slots: int, max_wait_seconds: float, prefill_chunk: int) -> None:
+    def __init__(
+        self,
+        *,
+        n_slots: int,
+        max_wait_seconds: float,
+        prefill_chunk: int,
+        stored_prefix: Callable[[Sequence[int]], int] | None = None,
+    ) -> None:
         if n_slots < 1 or prefill_chunk < 1:
             raise ValueError("n_slots and prefill_chunk must be at least 1")
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self.max_wait_seconds = max_wait_seconds
         self.prefill_chunk = prefill_chunk
+        self.stored_prefix = stored_prefix
         self.waiting: deque[SeqState[P]] = deque()
         # Insertion order is admission order: prefill budget goes to the oldest first.
         self.running: dict[int, SeqState[P]] = {}
@@ -191,11 +216,22 @@ class Scheduler(Generic[P]):
         self.waiting.append(seq)
 
     def schedule(self, now: float) -> Step[P]:
+        step = self.admit(now)
+        self.plan(step)
+        return step
+
+    def admit(self, now: float) -> Step[P]:
+        """Steps 1 and 2: expire, then admit. The engine may restore saved states into the
+        admitted sequences' slots before `plan`."""
         step: Step[P] = Step()
         if self.waiting:
             self._expire(now, step)
         while self.waiting and len(self.running) < len(self.slots):
             self._admit(self.waiting.popleft(), step)
+        return step
+
+    def plan(self, step: Step[P]) -> None:
+        """Step 3: the batch's chunks."""
         budget = self.prefill_chunk
         for seq in self.running.values():
             remaining = len(seq.tokens) - seq.n_past
@@ -205,7 +241,6 @@ class Scheduler(Generic[P]):
                 n = min(remaining, budget)
                 budget -= n
                 step.chunks.append((seq, n))
-        return step
 
     def advance(self, step: Step[P]) -> None:
         """The batch of `step` was decoded: its tokens are in the KV cache now."""
@@ -251,6 +286,11 @@ class Scheduler(Generic[P]):
         self.cached_prompt_tokens -= seq.n_cached
         seq.n_past = seq.n_cached = 0
 
+    def restored(self, seq: SeqState[P], n_tokens: int) -> None:
+        """The engine put a saved state of the prompt's first `n_tokens` into the slot."""
+        self.cached_prompt_tokens += n_tokens - seq.n_cached
+        seq.n_past = seq.n_cached = n_tokens
+
     def evict_idle(self) -> list[int]:
         """Forget the cached prefixes of idle slots; their seq ids, for the engine to clear."""
         evicted = [s.seq_id for s in self.slots if not s.busy and s.cached]
@@ -280,6 +320,14 @@ class Scheduler(Generic[P]):
         slot = choose_slot(self.slots, seq.tokens)
         assert slot is not None  # the caller checked that a slot is idle
         reuse = min(common_prefix_length(slot.cached, seq.tokens), seq.n_prompt - 1)
+        stored = 0
+        if self.stored_prefix is not None:
+            stored = min(self.stored_prefix(seq.tokens), seq.n_prompt - 1)
+            if stored >= reuse + MIN_RESTORE_GAIN:
+                slot = least_recent_idle(self.slots) or slot
+                reuse = min(common_prefix_length(slot.cached, seq.tokens), seq.n_prompt - 1)
+        seq.displaced = slot.cached
+        seq.n_stored = stored if stored >= reuse + MIN_RESTORE_GAIN else 0
         slot.busy, slot.cached = True, []
         seq.slot, seq.n_past, seq.n_cached = slot.seq_id, max(0, reuse), max(0, reuse)
         self.running[seq.key] = seq

@@ -54,3 +54,10 @@ def test_metrics_follow_requests(server: Server, token: str) -> None:
     assert value(after, "qfserve_running_sequences", **ep) == 0
     assert value(after, "qfserve_queue_depth", **ep) == 0
     assert ("qfserve_prompt_tokens_cached_total", tuple(ep.items())) in after
+    # The prefix cache's RAM tier: its budget is a metric, its counts are there from the start.
+    ram = {**ep, "tier": "ram"}
+    assert value(after, "qfserve_prefix_cache_budget_bytes", **ram) == 1024 << 20
+    assert value(after, "qfserve_prefix_cache_bytes", **ram) <= 1024 << 20
+    for name in ("hits", "misses", "evictions", "restored_tokens"):
+        assert (f"qfserve_prefix_cache_{name}_total", tuple(sorted(ram.items()))) in after
+    assert grew("qfserve_prefix_cache_misses_total", **ram) == 1

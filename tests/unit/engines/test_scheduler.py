@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from qfserve.engines.scheduler import (
+    MIN_RESTORE_GAIN,
     Admission,
     Scheduler,
     SeqState,
@@ -195,6 +196,54 @@ def test_unrelated_prompt_takes_the_least_recently_used_slot() -> None:
     sched.add(c)
     sched.schedule(0.0)
     assert c.slot == b.slot and c.n_cached == 0
+
+
+def test_a_stored_prefix_longer_than_any_slots_takes_the_least_recently_used_slot() -> None:
+    stored = [1, 2, 3, *range(50, 70)]
+    sched: Scheduler[None] = Scheduler(
+        n_slots=2,
+        max_wait_seconds=10.0,
+        prefill_chunk=64,
+        stored_prefix=lambda prompt: common_prefix_length(stored, prompt),
+    )
+    sched.slots[0].cached, sched.slots[0].last_used = [1, 2, 3, 4, 5, 6], 1
+    sched.slots[1].cached, sched.slots[1].last_used = [1, 2, 3, *range(50, 54), 9, 9], 2
+    # Slot 1 would keep 7 tokens, the store has 23: the restored state replaces a whole slot's
+    # cache, so the least recently used one goes, and its tokens go with the request.
+    returning = seq(1, [*stored, 99])
+    sched.add(returning)
+    sched.schedule(0.0)
+    assert returning.slot == 0
+    assert returning.displaced == [1, 2, 3, 4, 5, 6]
+    assert (returning.n_past, returning.n_stored) == (3, 23)
+    assert sched.slots[0].cached == [] and sched.slots[1].cached[-1] == 9
+
+    sched.restored(returning, 23)
+    assert (returning.n_past, returning.n_cached) == (23, 23)
+    assert sched.stats().cached_prompt_tokens == 23
+    sched.finish(returning)
+
+
+def test_a_stored_prefix_must_beat_the_slot_by_min_restore_gain() -> None:
+    stored = [1, 2, 3, *range(50, 90)]
+
+    def admitted(n_stored_tokens: int) -> Seq:
+        sched: Scheduler[None] = Scheduler(
+            n_slots=1,
+            max_wait_seconds=10.0,
+            prefill_chunk=64,
+            stored_prefix=lambda prompt: common_prefix_length(stored, prompt),
+        )
+        sched.slots[0].cached = [1, 2, 3, 50, 51, 52, 53, 9]  # keeps 7
+        request = seq(1, [*stored[:n_stored_tokens], 7])
+        sched.add(request)
+        sched.schedule(0.0)
+        return request
+
+    short = admitted(7 + MIN_RESTORE_GAIN - 1)
+    assert (short.n_past, short.n_stored) == (7, 0)
+    enough = admitted(7 + MIN_RESTORE_GAIN)
+    assert (enough.n_past, enough.n_stored) == (7, 7 + MIN_RESTORE_GAIN)
 
 
 def test_waiting_requests_expire_after_the_deadline() -> None:
