@@ -231,6 +231,8 @@ def test_bad_query_parameters_are_400(qf: InProcess) -> None:
         "/requests?status=bad",
         "/stats/timeseries?bucket_seconds=1&since=2026-01-01&until=2026-02-01",
         "/stats/timeseries?since=2026-02-01&until=2026-01-01",
+        "/requests?user_id=a%00b",
+        "/audit?action=%00",
     ):
         reply = admin.get(path)
         assert (reply.status_code, reply.json()["error"]["code"]) == (400, "bad_request"), path

@@ -64,6 +64,8 @@ class AdminRoute:
 
 def _text(call: AdminCall, name: str) -> str | None:
     value = call.request.query_params.get(name)
+    if value is not None and "\x00" in value:
+        raise bad_request(f"{name}: must not contain NUL")
     return value if value not in (None, "") else None
 
 
