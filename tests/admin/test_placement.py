@@ -135,5 +135,7 @@ def test_the_console_is_mounted_when_its_static_files_are_there(
     with running(tmp_path / "data") as qf:
         page = qf.client.get("/console/")
         assert page.status_code == 200 and "<title>console</title>" in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
         moved = qf.client.get("/console", follow_redirects=False)
         assert moved.status_code in (302, 307) and moved.headers["location"].endswith("/console/")

@@ -18,7 +18,9 @@ def test_secrets_appear_once_and_never_in_lists_audit_or_logs(
     caplog.set_level(logging.DEBUG)
     admin = sign_in(qf)
     secrets = [admin.password, admin.csrf_token, qf.client.cookies["qfserve_admin"]]
-    made = admin.post("/apps", {"name": "secretive"}).json()
+    created = admin.post("/apps", {"name": "secretive"})
+    assert created.headers["cache-control"] == "no-store"  # a secret shown once is not cached
+    made = created.json()
     app_id = made["app"]["app_id"]
     secrets.append(made["secret_key"])
     for kind in ("app_key", "v2_key", "iam_key"):

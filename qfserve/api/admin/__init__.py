@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qfserve.admin.services import AdminServices
 from qfserve.api.admin.http import HANDLERS, AdminError, endpoint, error_response
@@ -43,9 +43,32 @@ def build_routes(services: AdminServices, static: Path | None = None) -> list[Ba
     if static.is_dir():
         routes += [
             Route(CONSOLE_PATH, lambda _request: RedirectResponse(CONSOLE_PATH + "/")),
-            Mount(CONSOLE_PATH, app=StaticFiles(directory=static, html=True)),
+            Mount(CONSOLE_PATH, app=_Framed(StaticFiles(directory=static, html=True))),
         ]
     return routes
+
+
+class _Framed:
+    """The console's pages may not be framed by another site (clickjacking), nor their types
+    guessed."""
+
+    _HEADERS = (
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"frame-ancestors 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_framed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self._HEADERS]}
+            await send(message)
+
+        await self._app(scope, receive, send_framed)
 
 
 def is_admin_path(path: str) -> bool:

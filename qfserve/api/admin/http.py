@@ -68,11 +68,15 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
+# On every answer of the API: secrets shown once must not rest in a browser's or a proxy's cache.
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 def json_response(
     content: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     body = json.dumps(content, default=_plain, ensure_ascii=False, separators=(",", ":"))
-    return Response(body, status, headers, media_type="application/json")
+    return Response(body, status, {**NO_STORE, **(headers or {})}, media_type="application/json")
 
 
 @dataclass(frozen=True, slots=True)

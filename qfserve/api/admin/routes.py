@@ -23,6 +23,7 @@ from qfserve.admin.stats import MAX_BUCKETS
 from qfserve.api.admin import models, render
 from qfserve.api.admin.http import (
     COOKIE,
+    NO_STORE,
     AdminCall,
     AdminError,
     Handler,
@@ -156,7 +157,7 @@ async def login(call: AdminCall) -> Response:
 
 
 async def logout(call: AdminCall) -> Response:
-    response = Response(status_code=204)
+    response = Response(status_code=204, headers=NO_STORE)
     if call.via == "session" and call.session_secret is not None:
         await call.run(call.services.sessions.close, call.session_secret)
         await call.run(call.services.audit.record, call.actor, "logout")
@@ -237,7 +238,7 @@ async def get_app(call: AdminCall) -> Response:
 
 async def delete_app(call: AdminCall) -> Response:
     await call.run(call.services.operations.delete_app, call.actor, _app_id(call))
-    return Response(status_code=204)
+    return Response(status_code=204, headers=NO_STORE)
 
 
 async def disable_app(call: AdminCall) -> Response:
@@ -382,7 +383,7 @@ async def usage_csv(call: AdminCall) -> Response:
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="usage-by-{by}.csv"'},
+        headers={**NO_STORE, "Content-Disposition": f'attachment; filename="usage-by-{by}.csv"'},
     )
 
 
