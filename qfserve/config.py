@@ -7,6 +7,7 @@ environment: `QFSERVE_ENGINE__N_PARALLEL=4`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -175,6 +176,39 @@ class AuthSettings(BaseModel):
     failure_window_seconds: float = Field(default=60.0, gt=0)
 
 
+class AdminSettings(BaseModel):
+    """The admin API (`/admin/api/`) and the browser console (`/console/`)."""
+
+    enabled: bool = True
+    # 0: served on the chat server's own host and port. Else only a second socket of the same
+    # server, on `host`:`port`, serves the admin surface; the chat port answers it 404.
+    port: int = Field(default=0, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    # With `port` 0 and a chat server listening on a non-loopback address, the admin surface is
+    # off unless this is true: a public chat port never exposes it by accident.
+    on_public_port: bool = False
+    session_idle_seconds: int = Field(default=1800, gt=0)
+    session_max_seconds: int = Field(default=43200, gt=0)
+    max_login_failures_per_name: int = Field(default=5, ge=0)
+    max_login_failures_per_address: int = Field(default=20, ge=0)
+    login_failure_window_seconds: float = Field(default=300.0, gt=0)
+    # The default lifetime of the console playground's V2 bearer token.
+    playground_token_seconds: int = Field(default=900, ge=60, le=3600)
+
+
+class RequestLogSettings(BaseModel):
+    """The request log: a row per chat request, pruned by age and by count in the background."""
+
+    enabled: bool = True
+    # Keep the last question and the answer text too (each clipped to `max_text_chars`).
+    record_text: bool = False
+    max_text_chars: int = Field(default=4000, gt=0)
+    retention_days: float = Field(default=30, ge=0)  # 0: no age limit
+    max_rows: int = Field(default=1_000_000, ge=0)  # 0: no limit
+    prune_interval_seconds: float = Field(default=300.0, gt=0)
+    prune_batch_rows: int = Field(default=5000, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="QFSERVE_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -205,6 +239,8 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
     # QFSERVE_SAFETY_LISTS (comma-separated): list files added to the safety defaults.
     safety_lists: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
@@ -236,6 +272,23 @@ class Settings(BaseSettings):
             raise ValueError("endpoints need distinct names, and at least one")
         return endpoints
 
+    @model_validator(mode="after")
+    def _admin_port_of_its_own(self) -> Settings:
+        if self.admin.port and self.admin.port == self.port:
+            raise ValueError("admin.port must differ from port (0 serves the admin on port)")
+        return self
+
+    @property
+    def admin_placement(self) -> Literal["off", "main", "own"]:
+        """Where the admin surface is served: nowhere, on the chat port, or on its own socket."""
+        if not self.admin.enabled:
+            return "off"
+        if self.admin.port:
+            return "own"
+        if is_loopback(self.host) or self.admin.on_public_port:
+            return "main"
+        return "off"
+
     @property
     def master_key_file(self) -> Path:
         return self.data_dir / "master.key"
@@ -258,6 +311,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file is named by `load_settings` through `model_config["toml_file"]`.
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -212,4 +212,11 @@ def run(service: Service, settings: Settings) -> None:
         # Access logs would print every URL, and Qianfan URLs carry the access token.
         access_log=False,
     )
-    _GracefulServer(service, config).run()
+    server = _GracefulServer(service, config)
+    if settings.admin_placement != "own":
+        server.run()
+        return
+    # One server, two listening sockets: the app tells them apart by the local port.
+    admin = uvicorn.Config(service.app, host=settings.admin.host, port=settings.admin.port)
+    log.info("admin API and console on %s:%d", settings.admin.host, settings.admin.port)
+    server.run(sockets=[config.bind_socket(), admin.bind_socket()])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from qfserve.access.app_keys import AppKeys
 from qfserve.access.apps import AppRegistry
@@ -20,8 +21,12 @@ from qfserve.access.iam_keys import IamKeys, load_master_key
 from qfserve.access.quota import QuotaEnforcer, QuotaLimits
 from qfserve.access.secrets import SecretCheckThreads
 from qfserve.access.tokens import TokenIssuer
-from qfserve.access.usage import UsageLedger
+from qfserve.access.usage import RequestLogOptions, UsageLedger
 from qfserve.access.v2_keys import V2Keys
+from qfserve.admin.endpoints import ServingState, serving_state
+from qfserve.admin.request_log import keep_pruned, pruner_for
+from qfserve.admin.services import admin_services
+from qfserve.api import admin as admin_api
 from qfserve.api import errors as api_errors
 from qfserve.api import health
 from qfserve.api import metrics as metrics_route
@@ -104,7 +109,11 @@ async def _reload_lists(moderators: ModeratorSource | None, every: float) -> Non
 def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Service:
     store = open_store(settings)
     registry = engines or EngineRegistry.from_settings(settings.endpoints, settings.engine)
-    ledger = UsageLedger(store.database)
+    logged = settings.request_log
+    ledger = UsageLedger(
+        store.database,
+        request_log=RequestLogOptions(logged.enabled, logged.record_text, logged.max_text_chars),
+    )
     quota = settings.quota
     quotas = QuotaEnforcer.from_url(
         settings.redis_url,
@@ -125,10 +134,19 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         await registry.start()
         service.attach(asyncio.get_running_loop())
         reloading = asyncio.create_task(_reload_lists(moderators, settings.safety.reload_seconds))
+        pruning = (
+            asyncio.create_task(
+                keep_pruned(pruner_for(settings, store.database), logged.prune_interval_seconds)
+            )
+            if logged.enabled
+            else None
+        )
         try:
             yield
         finally:
             reloading.cancel()
+            if pruning is not None:
+                pruning.cancel()
             await registry.close()
             # After the engines: every finished call has queued its usage row by now.
             await anyio.to_thread.run_sync(ledger.close)
@@ -175,9 +193,31 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         *health.build_routes(registry, lambda: service.draining),
         *metrics_route.build_routes(metrics),
     ]
+    placement = settings.admin_placement
+    if placement != "off":
+
+        def state() -> ServingState:
+            return serving_state(settings, registry, lambda: service.draining)
+
+        routes += admin_api.build_routes(
+            admin_services(settings, store, ledger, state, secret_checks)
+        )
+    elif settings.admin.enabled:
+        log.warning(
+            "the admin API and console are off: the chat server listens on %s, not loopback; "
+            "set admin.port to serve them on a port of their own",
+            settings.host,
+        )
+    # Only with a port of its own: the admin surface is then kept off the chat port.
+    middleware = (
+        [Middleware(admin_api.AdminSocketOnly, admin_port=settings.admin.port)]
+        if placement == "own"
+        else []
+    )
 
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers=api_errors.HANDLERS,
     )

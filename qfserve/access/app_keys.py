@@ -33,6 +33,17 @@ class NewAppKey:
     key: str
     prefix: str
     app_id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeyInfo:
+    """A key as listings show it: never the key."""
+
+    prefix: str
+    app_id: int
+    created_at: datetime
+    revoked: bool
 
 
 def _found(row: Row[Any]) -> tuple[bool, App]:
@@ -49,17 +60,28 @@ class AppKeys:
     def create(self, app_id: int) -> NewAppKey:
         key = KEY_PREFIX + secrets.token_urlsafe(24)
         prefix = key[: len(KEY_PREFIX) + 6]
+        created_at = datetime.now(UTC)
         with self._db.session() as session:
             session.add(
                 AppKeyRow(
                     key_hash=token_digest(key),
                     prefix=prefix,
                     app_id=app_id,
-                    created_at=datetime.now(UTC),
+                    created_at=created_at,
                     revoked=False,
                 )
             )
-        return NewAppKey(key, prefix, app_id)
+        return NewAppKey(key, prefix, app_id, created_at)
+
+    def for_app(self, app_id: int) -> list[AppKeyInfo]:
+        """The app's keys by prefix, revoked ones too, oldest first."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(AppKeyRow.prefix, AppKeyRow.created_at, AppKeyRow.revoked)
+                .where(AppKeyRow.app_id == app_id)
+                .order_by(AppKeyRow.created_at, AppKeyRow.prefix)
+            ).all()
+        return [AppKeyInfo(r.prefix, app_id, r.created_at, r.revoked) for r in rows]
 
     def revoke(self, prefix: str) -> int:
         with self._db.session() as session:

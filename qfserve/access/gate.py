@@ -72,6 +72,9 @@ class Call:
     rate_limit_headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 0
     safety_category: str | None = None  # what was flagged, for the ledger; never the text
+    # Set only when the request log records text (`AccessGate.records_text`).
+    question: str | None = None
+    answer: str | None = None
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
 
@@ -112,6 +115,11 @@ class AccessGate:
         self._metrics = metrics
         self._quotas = quotas
         self._default_limits = default_limits
+
+    @property
+    def records_text(self) -> bool:
+        """Whether calls should carry their question and answer, for the request log."""
+        return self._ledger.records_text
 
     def open_call(self, request_id: str, endpoint: str) -> Call:
         return Call(request_id, endpoint, self)
@@ -204,6 +212,8 @@ class AccessGate:
                 latency_ms=latency_ms,
                 error_code=error_code,
                 safety_category=call.safety_category,
+                question=call.question,
+                answer=call.answer,
             )
         )
         if call.ticket is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from qfserve.access.apps import App, app_from_row
 from qfserve.access.secrets import random_key
@@ -68,6 +68,16 @@ class IamKey:
     access_key: str
     secret_key: str
     app_id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IamKeyInfo:
+    """An Access Key as listings show it: its Secret Key is never shown again."""
+
+    access_key: str
+    app_id: int
+    created_at: datetime
 
 
 class IamKeys:
@@ -83,13 +93,28 @@ class IamKeys:
 
     def create(self, app_id: int) -> IamKey:
         access_key, nonce = random_key(32), secrets.token_hex(16)
+        created_at = datetime.now(UTC)
         with self._db.session() as session:
             session.add(
-                IamKeyRow(
-                    access_key=access_key, app_id=app_id, nonce=nonce, created_at=datetime.now(UTC)
-                )
+                IamKeyRow(access_key=access_key, app_id=app_id, nonce=nonce, created_at=created_at)
             )
-        return IamKey(access_key, self._derive(access_key, nonce), app_id)
+        return IamKey(access_key, self._derive(access_key, nonce), app_id, created_at)
+
+    def for_app(self, app_id: int) -> list[IamKeyInfo]:
+        """The app's Access Keys, oldest first."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(IamKeyRow.access_key, IamKeyRow.created_at)
+                .where(IamKeyRow.app_id == app_id)
+                .order_by(IamKeyRow.created_at, IamKeyRow.access_key)
+            ).all()
+        return [IamKeyInfo(r.access_key, app_id, r.created_at) for r in rows]
+
+    def revoke(self, access_key: str) -> int:
+        """Delete the Access Key: its signatures are refused (14) from the next request on."""
+        with self._db.session() as session:
+            result = session.execute(delete(IamKeyRow).where(IamKeyRow.access_key == access_key))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def resolve(self, access_key: str) -> tuple[App, str]:
         """The app and the Secret Key behind an Access Key; raises 14 or 15."""

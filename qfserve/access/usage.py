@@ -17,6 +17,10 @@ by row, and only the refused row is dropped, loudly. Client strings are made sto
 (clipped to their column, no NUL, no lone surrogate). `close` writes every row left before it
 returns. If the database stays unreachable the deque fills; past its bound new rows are dropped
 and counted, loudly, rather than letting memory grow without end.
+
+The request log (`request_log`, which the admin API searches and a background job prunes) gets
+each row again, in the same transaction: no write of its own on the request path. Only there,
+and only when `RequestLogOptions.record_text` is on, are the question and the answer kept.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from qfserve.store.database import Database
-from qfserve.store.schema import UsageRow
+from qfserve.store.schema import RequestLogRow, UsageRow
 
 log = logging.getLogger(__name__)
 
 GroupBy = Literal["day", "endpoint", "user", "app"]
+GROUPINGS: tuple[GroupBy, ...] = ("day", "endpoint", "user", "app")
 # Success, client gone mid-answer, engine overloaded, internal error: all after admission.
 ADMITTED_CODES = (0, 499, 336100, 336000)
 
@@ -62,9 +67,22 @@ class UsageRecord:
     error_code: int
     safety_category: str | None = None
     created_at: datetime | None = None
+    # For the request log only, and only when it records text; never in the ledger.
+    question: str | None = None
+    answer: str | None = None
 
 
-_COLUMNS = tuple(f.name for f in fields(UsageRecord))
+@dataclass(frozen=True, slots=True)
+class RequestLogOptions:
+    """Whether the writer also fills the request log (`request_log`), and with how much text."""
+
+    enabled: bool = True
+    record_text: bool = False
+    max_text_chars: int = 4000
+
+
+_TEXT_FIELDS = ("question", "answer")
+_COLUMNS = tuple(f.name for f in fields(UsageRecord) if f.name not in _TEXT_FIELDS)
 # A row, and the future of whoever waits for its commit.
 _Pending = tuple[UsageRecord, asyncio.Future[bool] | None]
 
@@ -93,8 +111,10 @@ class UsageLedger:
         # gone, 0.4 ms more to its first token.
         linger_seconds: float = 0.5,
         commit_wait_seconds: float = 5.0,
+        request_log: RequestLogOptions | None = None,
     ) -> None:
         self._db = database
+        self._request_log = request_log or RequestLogOptions(enabled=False)
         self._linger = linger_seconds
         self._commit_wait = commit_wait_seconds
         # deque's append and popleft are atomic: the event loop appends, the writer takes.
@@ -110,6 +130,11 @@ class UsageLedger:
     @property
     def dropped(self) -> int:
         return self._dropped
+
+    @property
+    def records_text(self) -> bool:
+        """Whether rows should carry the question and answer (the request log keeps them)."""
+        return self._request_log.enabled and self._request_log.record_text
 
     def start(self) -> None:
         self._stopping.clear()
@@ -188,12 +213,15 @@ class UsageLedger:
         # Not dataclasses.asdict: it deep-copies every value, 16 us a row against under 1, all of
         # it holding the GIL the event loop is waiting for.
         rows = [_storable(record) for record, _ in batch]
+        logged = self._logged(batch, rows) if self._request_log.enabled else []
         refusal: Exception | None = None
         for attempt in range(_ATTEMPTS):
             try:
                 # Core, not the ORM: rows of plain values need no unit of work.
                 with self._db.own_writes() as connection:
                     connection.execute(insert(UsageRow), rows)
+                    if logged:
+                        connection.execute(insert(RequestLogRow), logged)
             except Exception as error:
                 if not _database_trouble(error):
                     refusal = error
@@ -223,6 +251,20 @@ class UsageLedger:
         )
         _settle(batch, False)
 
+    def _logged(self, batch: list[_Pending], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The request log's rows: the ledger's, and the text when it is recorded."""
+        if not self._request_log.record_text:
+            return [{**row, "question": None, "answer": None} for row in rows]
+        limit = self._request_log.max_text_chars
+        return [
+            {
+                **row,
+                "question": _text(record.question, limit) if record.question is not None else None,
+                "answer": _text(record.answer, limit) if record.answer is not None else None,
+            }
+            for row, (record, _) in zip(rows, batch, strict=True)
+        ]
+
     def admitted_counts(self) -> dict[int, int]:
         """Requests per app that passed the quotas (to restore total quotas at start-up): the
         codes a request can only end with after its admission."""
@@ -235,9 +277,15 @@ class UsageLedger:
             return {int(app): int(count) for app, count in session.execute(query).all()}
 
     def summarize(
-        self, *, app_id: int | None = None, since: datetime | None = None, by: GroupBy = "day"
+        self,
+        *,
+        app_id: int | None = None,
+        since: datetime | None = None,
+        by: GroupBy = "day",
+        until: datetime | None = None,
     ) -> list[UsageSummary]:
-        """Requests and tokens per group, oldest or smallest group first."""
+        """Requests and tokens per group, oldest or smallest group first, of the rows created in
+        [since, until)."""
         created = UsageRow.created_at
         groups: dict[str, ColumnElement[Any]] = {
             "day": func.date(created) if self._db.is_sqlite else func.date_trunc("day", created),
@@ -256,6 +304,8 @@ class UsageLedger:
             query = query.where(UsageRow.app_id == app_id)
         if since is not None:
             query = query.where(created >= since)
+        if until is not None:
+            query = query.where(created < until)
         with self._db.session() as session:
             rows = session.execute(query.order_by(group)).all()
         return [UsageSummary(_label(row[0]), int(row[1]), int(row[2]), int(row[3])) for row in rows]
@@ -330,3 +380,10 @@ def _label(value: object) -> str:
     if isinstance(value, datetime):
         return value.date().isoformat()
     return str(value)
+
+
+def utc_instant(text: str) -> datetime:
+    """A date (`YYYY-MM-DD`, midnight UTC) or an ISO time; one without an offset is UTC. Raises
+    ValueError for anything else."""
+    instant = datetime.fromisoformat(text)
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)

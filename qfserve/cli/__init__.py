@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from qfserve.cli.admins import admins_cli
 from qfserve.cli.apps import apps_cli
 from qfserve.cli.common import TYPER_OPTIONS, ConfigOption, fail, settings_from
 from qfserve.cli.usage import usage
@@ -87,6 +88,7 @@ def serve(
 
 # Listed in `qfserve --help` in this order: serving first.
 cli.add_typer(apps_cli, name="app")
+cli.add_typer(admins_cli, name="admin")
 cli.command()(usage)
 cli.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -11,6 +11,8 @@ import typer
 from rich.table import Column, Table
 
 from qfserve.access.apps import App, AppNotFound, AppRegistry
+from qfserve.admin.audit import command_line_actor
+from qfserve.admin.operations import KeyKind, NewKey, Operations
 
 if TYPE_CHECKING:
     from qfserve.server import Store
@@ -29,6 +31,23 @@ def _registry(config: Path | None) -> AppRegistry:
     from qfserve.server import open_store
 
     return open_store(settings_from(config)).apps
+
+
+def _operations(config: Path | None) -> Operations:
+    """The operations an admin of the API has too, recorded in the audit log as this user's."""
+    from qfserve.admin.audit import AuditLog
+    from qfserve.admin.services import operations_on
+    from qfserve.server import open_store
+
+    store = open_store(settings_from(config))
+    return operations_on(store, AuditLog(store.database))
+
+
+def _new_key(config: Path | None, app_id: int, kind: KeyKind) -> NewKey:
+    try:
+        return _operations(config).create_key(command_line_actor(), app_id, kind)
+    except AppNotFound as exc:
+        raise fail(str(exc)) from exc
 
 
 def _store_of(config: Path | None, app_id: int) -> Store:
@@ -62,7 +81,7 @@ def create(
     config: ConfigOption = None,
 ) -> None:
     """Create an app and print its keys. The Secret Key is shown this once only."""
-    created = _registry(config).create(name)
+    created = _operations(config).create_app(command_line_actor(), name)
     if as_json:
         keys = {"api_key": created.app.api_key, "secret_key": created.secret_key}
         typer.echo(json.dumps({"app_id": created.app.app_id, "name": name, **keys}))
@@ -109,10 +128,10 @@ def list_apps(as_json: JsonOption = False, config: ConfigOption = None) -> None:
 
 
 def _change(
-    config: Path | None, app_id: int, change: Callable[[AppRegistry], object], done: str
+    config: Path | None, app_id: int, change: Callable[[Operations], object], done: str
 ) -> None:
     try:
-        change(_registry(config))
+        change(_operations(config))
     except AppNotFound as exc:
         raise fail(str(exc)) from exc
     console.print(f"app {app_id}: {done}")
@@ -121,19 +140,23 @@ def _change(
 @apps_cli.command("delete")
 def delete(app_id: AppId, config: ConfigOption = None) -> None:
     """Delete an app. Its keys and tokens stop working at once (error 15); its usage is kept."""
-    _change(config, app_id, lambda apps: apps.delete(app_id), "deleted")
+    _change(config, app_id, lambda ops: ops.delete_app(command_line_actor(), app_id), "deleted")
 
 
 @apps_cli.command("disable")
 def disable(app_id: AppId, config: ConfigOption = None) -> None:
     """Refuse the app's requests (error 15) until it is enabled."""
-    _change(config, app_id, lambda apps: apps.set_disabled(app_id, True), "disabled")
+    _change(
+        config, app_id, lambda ops: ops.set_disabled(command_line_actor(), app_id, True), "disabled"
+    )
 
 
 @apps_cli.command("enable")
 def enable(app_id: AppId, config: ConfigOption = None) -> None:
     """Accept the app's requests again."""
-    _change(config, app_id, lambda apps: apps.set_disabled(app_id, False), "enabled")
+    _change(
+        config, app_id, lambda ops: ops.set_disabled(command_line_actor(), app_id, False), "enabled"
+    )
 
 
 Limit = Annotated[
@@ -171,7 +194,7 @@ def quota(
         [e.strip() for e in endpoints.split(",") if e.strip()] if endpoints is not None else None
     )
     try:
-        app = _registry(config).set_access(app_id, given, allowed)
+        app = _operations(config).set_access(command_line_actor(), app_id, given, allowed)
     except AppNotFound as exc:
         raise fail(str(exc)) from exc
     typer.echo(json.dumps(_describe(app)))
@@ -181,7 +204,7 @@ def quota(
 def revoke_tokens(app_id: AppId, config: ConfigOption = None) -> None:
     """Revoke every access token of the app. Its clients get error 110 and fetch new ones."""
     try:
-        count = _registry(config).revoke_tokens(app_id)
+        count = _operations(config).revoke_tokens(command_line_actor(), app_id)
     except AppNotFound as exc:
         raise fail(str(exc)) from exc
     console.print(f"app {app_id}: {count} tokens revoked")
@@ -198,12 +221,13 @@ def rotate_secret(
 ) -> None:
     """Give the app a new Secret Key (shown once). The old key, and by default the tokens issued
     with it, stop working at once."""
-    registry = _registry(config)
     try:
-        secret_key = registry.rotate_secret(app_id)
-        revoked = 0 if keep_tokens else registry.revoke_tokens(app_id)
+        rotated = _operations(config).rotate_secret(
+            command_line_actor(), app_id, keep_tokens=keep_tokens
+        )
     except AppNotFound as exc:
         raise fail(str(exc)) from exc
+    secret_key, revoked = rotated.secret_key, rotated.revoked_tokens
     if as_json:
         typer.echo(json.dumps({"app_id": app_id, "secret_key": secret_key, "revoked": revoked}))
         return
@@ -219,14 +243,13 @@ def iam_key(
 ) -> None:
     """Create an IAM key pair for bce-auth-v1 signed requests. The Access Key and Secret Key
     are the SDK's QIANFAN_ACCESS_KEY and QIANFAN_SECRET_KEY; the Secret Key is shown this once."""
-    store = _store_of(config, app_id)
-    key = store.iam_keys.create(app_id)
+    key = _new_key(config, app_id, "iam_key")
     if as_json:
-        keys = {"access_key": key.access_key, "secret_key": key.secret_key}
+        keys = {"access_key": key.prefix, "secret_key": key.secret}
         typer.echo(json.dumps({"app_id": app_id, **keys}))
         return
-    console.print(f"Access Key: {key.access_key}")
-    console.print(f"Secret Key: {key.secret_key}")
+    console.print(f"Access Key: {key.prefix}")
+    console.print(f"Secret Key: {key.secret}")
 
 
 keys_cli = typer.Typer(
@@ -243,12 +266,11 @@ def key_create(
 ) -> None:
     """Create an app key for the OpenAI routes. Sent as "Authorization: Bearer sk-qf-...";
     shown this once, stored hashed."""
-    store = _store_of(config, app_id)
-    created = store.app_keys.create(app_id)
+    created = _new_key(config, app_id, "app_key")
     if as_json:
-        typer.echo(json.dumps({"app_id": app_id, "key": created.key, "prefix": created.prefix}))
+        typer.echo(json.dumps({"app_id": app_id, "key": created.secret, "prefix": created.prefix}))
         return
-    console.print(f"App key: {created.key}")
+    console.print(f"App key: {created.secret}")
     console.print(f"[yellow]Shown once. Revoke it with `qfserve app key revoke {created.prefix}`.")
 
 
@@ -260,9 +282,7 @@ def key_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke an app key. PREFIX is the key's start, as key create printed it."""
-    from qfserve.server import open_store
-
-    if not open_store(settings_from(config)).app_keys.revoke(prefix):
+    if not _operations(config).revoke_key(command_line_actor(), "app_key", prefix):
         raise fail(f"no live key {prefix}")
     console.print(f"revoked {prefix}")
 
@@ -281,13 +301,12 @@ def v2_key_create(
 ) -> None:
     """Create a V2 API key (`Authorization: Bearer bce-v3/ALTAK-...`). Shown this once; stored
     hashed."""
-    store = _store_of(config, app_id)
-    created = store.v2_keys.create(app_id)
+    created = _new_key(config, app_id, "v2_key")
     if as_json:
-        typer.echo(json.dumps({"app_id": app_id, "api_key": created.api_key}))
+        typer.echo(json.dumps({"app_id": app_id, "api_key": created.secret}))
         return
     # soft_wrap: the key and the command stay on one line each, whatever the terminal's width.
-    console.print(f"API key: {created.api_key}", soft_wrap=True)
+    console.print(f"API key: {created.secret}", soft_wrap=True)
     console.print(
         f"[yellow]Shown once. Revoke it with `qfserve app v2-key revoke {created.prefix}`.",
         soft_wrap=True,
@@ -302,9 +321,7 @@ def v2_key_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a V2 API key (or a bearer token): refused from the next request on."""
-    from qfserve.server import open_store
-
-    if not open_store(settings_from(config)).v2_keys.revoke(prefix_or_id):
+    if not _operations(config).revoke_key(command_line_actor(), "v2_key", prefix_or_id):
         raise fail(f"no live V2 key {prefix_or_id}")
     console.print(f"revoked {prefix_or_id}")
 

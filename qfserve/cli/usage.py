@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from qfserve.access.usage import GroupBy, UsageLedger
+from qfserve.access.usage import GroupBy, UsageLedger, utc_instant
 from qfserve.cli.common import ConfigOption, JsonOption, console, fail, settings_from
 
 
@@ -33,11 +32,9 @@ def usage(
     start = None
     if since is not None:
         try:
-            start = datetime.fromisoformat(since)
+            start = utc_instant(since)
         except ValueError as exc:
             raise fail(f"--since: not a date: {since}", 2) from exc
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=UTC)
     group_by: GroupBy = by  # type: ignore[assignment]  # checked above
     rows = UsageLedger(open_store(settings_from(config)).database).summarize(
         app_id=app, since=start, by=group_by

@@ -51,6 +51,8 @@ class ChatPipeline:
             app = await self._gate.authenticate(call, credentials)
             chat = parse()
             call.endpoint, call.user_id = chat.endpoint, chat.user_id
+            if self._gate.records_text:
+                call.question = _question(chat)
             self._serving.endpoint(chat.endpoint)
             self._gate.permit(app, chat.endpoint)
             tools = tool_use(chat.tools, chat.tool_choice, chat.parallel_tool_calls)
@@ -71,6 +73,8 @@ class ChatPipeline:
             verdict = await self._serving.screen(chat.messages)
             if verdict is not None:
                 call.safety_category = verdict.hit.category
+                if call.question is not None:
+                    call.answer = self._serving.refusal
                 await call.finish(0)
                 usage = Usage(prepared.prompt_tokens)
                 return Refused(
@@ -81,6 +85,8 @@ class ChatPipeline:
             answer = await self._serving.answer(prepared)
             call.safety_category = prepared.tally.category
             call.prompt_tokens = answer.usage.prompt_tokens
+            if call.question is not None:
+                call.answer = answer.text
             await call.finish(0, answer.usage.completion_tokens)
             return Completed(
                 chat,
@@ -130,10 +136,16 @@ async def _settled(
     """The pieces, the call settled before the last one is handed on (or, if the stream is
     abandoned, as the client's leaving)."""
     completion = 0
+    # The answer's text, kept only for a request log that records it.
+    texts: list[str] | None = [] if call.question is not None else None
     try:
         piece: Piece | None = first
         while piece is not None:
             completion = piece.usage.completion_tokens
+            if texts is not None:
+                texts.append(piece.text)
+                if piece.is_last:
+                    call.answer = "".join(texts)
             if piece.is_last:
                 call.safety_category = prepared.tally.category
                 call.prompt_tokens = piece.usage.prompt_tokens
@@ -144,7 +156,16 @@ async def _settled(
                 return
             piece = await anext(rest, None)
         # The source ended without a last piece: settle as a finished answer.
+        if texts is not None:
+            call.answer = "".join(texts)
         await call.finish(0, completion)
     finally:
         await rest.aclose()
+        if texts is not None and call.answer is None:
+            call.answer = "".join(texts)  # what the client had when it left
         await call.finish(CLIENT_GONE, completion)
+
+
+def _question(chat: ChatRequest) -> str:
+    """The last user message: what the request log shows as the question."""
+    return next((m.content for m in reversed(chat.messages) if m.role == "user"), "")
