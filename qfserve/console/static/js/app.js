@@ -1,7 +1,7 @@
 // The console's shell: session, hash routes, side navigation, language switch, idle timeout.
 
 import * as api from "./api.js";
-import { clear, h } from "./dom.js";
+import { clear, fill, h } from "./dom.js";
 import { LANGUAGES, chooseLanguage, language, loadLanguage, preferredLanguage, t } from "./i18n.js";
 
 const PAGES = [
@@ -46,7 +46,7 @@ function signInPage() {
     message,
     h("p", { class: "muted" }, t("signin.hint")),
   );
-  clear(root).append(
+  fill(root,
     h("div", { class: "signin card" }, h("h1", {}, t("signin.title")), form, languageSwitch()),
   );
   name.focus();
@@ -135,15 +135,15 @@ async function showRoute() {
       h("button", { class: "secondary", onclick: () => signOut() }, t("nav.sign_out")),
     ),
   );
-  clear(root).append(h("div", { class: "shell" }, nav, main));
-  main.append(h("p", { class: "loading" }, t("common.loading")));
+  fill(root, h("div", { class: "shell" }, nav, main));
+  fill(main, h("p", { class: "loading" }, t("common.loading")));
   try {
     const module = await page.load();
     clear(main);
     leavePage = (await module.render(main, { params: rest.map(decodeURIComponent) })) || null;
   } catch (error) {
     if (error instanceof api.ApiError && error.status === 401) return;
-    clear(main).append(h("p", { class: "error", role: "alert" }, error.message));
+    fill(main, h("p", { class: "error", role: "alert" }, error.message));
   }
 }
 

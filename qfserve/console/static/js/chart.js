@@ -13,11 +13,12 @@ function el(tag, attrs, text) {
   return node;
 }
 
-function niceMax(value) {
-  if (value <= 0) return 1;
-  const step = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * step >= value) return m * step;
-  return 10 * step;
+// A round top for the y axis and the step between its at most five grid lines.
+function niceScale(value) {
+  if (!(value > 0)) return { max: 1, step: 0.25 };
+  const power = 10 ** Math.floor(Math.log10(value / 5));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s * 5 >= value);
+  return { max: Math.ceil(value / step) * step, step };
 }
 
 function shortNumber(value) {
@@ -38,14 +39,13 @@ export function lineChart({ title, times, series, label }) {
   const plotW = WIDTH - PAD.left - PAD.right;
   const plotH = HEIGHT - PAD.top - PAD.bottom;
   const all = series.flatMap((s) => s.values).filter((v) => Number.isFinite(v));
-  const yMax = niceMax(Math.max(0, ...all));
+  const { max: yMax, step } = niceScale(Math.max(0, ...all));
   const t0 = times.length ? times[0] : 0;
   const t1 = times.length > 1 ? times[times.length - 1] : t0 + 1;
   const x = (t) => PAD.left + ((t - t0) / (t1 - t0 || 1)) * plotW;
   const y = (v) => PAD.top + plotH - (v / yMax) * plotH;
 
-  for (let i = 0; i <= 4; i++) {
-    const v = (yMax * i) / 4;
+  for (let v = 0; v <= yMax + step / 2; v += step) {
     svg.append(el("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: y(v), y2: y(v), class: "grid" }));
     svg.append(el("text", { x: PAD.left - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" }, shortNumber(v)));
   }
@@ -54,18 +54,25 @@ export function lineChart({ title, times, series, label }) {
     const index = ticks === 1 ? 0 : Math.round((i * (times.length - 1)) / (ticks - 1));
     const when = new Date(times[index]);
     const text = label ? label(when) : when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    svg.append(el("text", { x: x(times[index]), y: HEIGHT - 8, "text-anchor": "middle", class: "tick" }, text));
+    const anchor = i === 0 ? "start" : i === ticks - 1 ? "end" : "middle";
+    svg.append(el("text", { x: x(times[index]), y: HEIGHT - 8, "text-anchor": anchor, class: "tick" }, text));
   }
   series.forEach((s, n) => {
     const colour = COLOURS[n % COLOURS.length];
-    const points = s.values
-      .map((v, i) => (Number.isFinite(v) ? `${x(times[i]).toFixed(1)},${y(v).toFixed(1)}` : null))
-      .filter(Boolean);
-    if (points.length === 1) {
-      const [px, py] = points[0].split(",");
-      svg.append(el("circle", { cx: px, cy: py, r: 3, fill: colour }));
-    } else if (points.length) {
-      svg.append(el("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2 }));
+    // A gap (no value: no request in that interval) breaks the line rather than bridging it;
+    // a value alone between gaps is a dot.
+    const segments = [[]];
+    s.values.forEach((v, i) => {
+      if (Number.isFinite(v)) segments[segments.length - 1].push([x(times[i]).toFixed(1), y(v).toFixed(1)]);
+      else if (segments[segments.length - 1].length) segments.push([]);
+    });
+    const path = segments
+      .filter((points) => points.length > 1)
+      .map((points) => points.map(([px, py], i) => `${i ? "L" : "M"}${px},${py}`).join(""))
+      .join("");
+    if (path) svg.append(el("path", { d: path, fill: "none", stroke: colour, "stroke-width": 2, "stroke-linejoin": "round", class: "series" }));
+    for (const points of segments.filter((p) => p.length === 1)) {
+      svg.append(el("circle", { cx: points[0][0], cy: points[0][1], r: 2.5, fill: colour, class: "series" }));
     }
   });
   const legend = document.createElement("div");

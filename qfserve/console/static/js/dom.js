@@ -21,6 +21,13 @@ function append(node, children) {
   }
 }
 
+// Replaces the node's children; arrays among them are flattened, as h() does.
+export function fill(node, ...children) {
+  clear(node);
+  append(node, children);
+  return node;
+}
+
 export function clear(node) {
   while (node.firstChild) node.firstChild.remove();
   return node;

@@ -1,7 +1,7 @@
 // Apps: the list and a new app's keys (#/apps); one app's keys, quota and actions (#/apps/ID).
 
 import { del, get, patch, post } from "../api.js";
-import { clear, formatTime, h } from "../dom.js";
+import { clear, fill, formatTime, h } from "../dom.js";
 import { t } from "../i18n.js";
 import { secretBox } from "../secret.js";
 
@@ -23,7 +23,7 @@ async function renderList(main) {
   const notice = h("div");
   const body = h("tbody");
   const name = h("input", { name: "name", required: true, maxlength: 128, placeholder: t("apps.name_placeholder") });
-  main.append(
+  fill(main, 
     h("h1", {}, t("apps.title")),
     h(
       "form",
@@ -33,7 +33,7 @@ async function renderList(main) {
           event.preventDefault();
           const created = await post("/apps", { name: name.value.trim() });
           name.value = "";
-          clear(notice).append(
+          fill(notice, 
             secretBox(t("apps.created", { name: created.app.name, id: created.app.app_id }), [
               ["API Key", created.app.api_key],
               ["Secret Key", created.secret_key],
@@ -64,7 +64,7 @@ async function renderList(main) {
 
   async function load() {
     const { apps } = await get("/apps");
-    clear(body).append(
+    fill(body, 
       apps.map((app) =>
         h(
           "tr",
@@ -89,7 +89,7 @@ async function renderApp(main, appId) {
   const keysBody = h("tbody");
   const actions = h("div", { class: "row" });
   const title = h("h1", {});
-  main.append(
+  fill(main, 
     h("p", {}, h("a", { href: "#/apps" }, `← ${t("apps.title")}`)),
     title,
     actions,
@@ -102,8 +102,8 @@ async function renderApp(main, appId) {
   drawHeader(app);
 
   function drawHeader(current) {
-    clear(title).append(`${current.name} `, h("span", { class: "muted" }, `#${current.app_id} `), status(current));
-    clear(actions).append(
+    fill(title, `${current.name} `, h("span", { class: "muted" }, `#${current.app_id} `), status(current));
+    fill(actions, 
       current.disabled
         ? h("button", { class: "secondary", onclick: () => act("enable") }, t("apps.enable"))
         : h("button", { class: "secondary", onclick: () => act("disable") }, t("apps.disable")),
@@ -114,7 +114,7 @@ async function renderApp(main, appId) {
           onclick: async () => {
             if (!confirm(t("apps.rotate_confirm"))) return;
             const rotated = await post(`/apps/${appId}/rotate-secret`, {});
-            clear(notice).append(
+            fill(notice, 
               secretBox(t("apps.rotated"), [["API Key", current.api_key], ["Secret Key", rotated.secret_key]]),
             );
           },
@@ -127,7 +127,7 @@ async function renderApp(main, appId) {
           class: "secondary",
           onclick: async () => {
             const revoked = await post(`/apps/${appId}/revoke-tokens`);
-            clear(notice).append(h("p", { class: "ok", role: "status" }, t("apps.tokens_revoked", { count: revoked.revoked_tokens })));
+            fill(notice, h("p", { class: "ok", role: "status" }, t("apps.tokens_revoked", { count: revoked.revoked_tokens })));
           },
         },
         t("apps.revoke_tokens"),
@@ -170,7 +170,7 @@ async function renderApp(main, appId) {
                 made.kind === "iam_key"
                   ? [["Access Key", made.prefix], ["Secret Key", made.secret]]
                   : [[t(`keys.kind.${made.kind}`), made.secret]];
-              clear(notice).append(secretBox(t("keys.created"), values));
+              fill(notice, secretBox(t("keys.created"), values));
               await loadKeys();
             },
           },
@@ -192,7 +192,7 @@ async function renderApp(main, appId) {
 
   async function loadKeys() {
     const { keys } = await get(`/apps/${appId}/keys`);
-    clear(keysBody).append(
+    fill(keysBody, 
       keys.map((key) =>
         h(
           "tr",
@@ -264,7 +264,7 @@ function quotaEditor(app, server, notice) {
     h("div", { class: "toolbar" }, QUOTAS.map((name) => h("label", {}, t(`quota.${name}`), inputs[name]))),
     h("p", { class: "muted" }, t("quota.help")),
     h("h2", {}, t("quota.endpoints")),
-    h("div", { class: "row" }, boxes.map((box) => h("label", { class: "row" }, box, box.value))),
+    h("div", { class: "row" }, boxes.map((box) => h("label", { class: "check" }, box, box.value))),
     h("p", { class: "muted" }, t("quota.endpoints_help")),
     h("div", { class: "row" }, h("button", { type: "submit" }, t("quota.save")), saved),
   );

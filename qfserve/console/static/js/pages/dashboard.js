@@ -2,7 +2,7 @@
 
 import { get, query } from "../api.js";
 import { lineChart } from "../chart.js";
-import { clear, formatNumber, h } from "../dom.js";
+import { fill, formatNumber, h } from "../dom.js";
 import { t } from "../i18n.js";
 
 const RANGES = [
@@ -31,7 +31,7 @@ export async function render(main) {
     },
     RANGES.map((r) => h("option", { value: r.key }, t(`dashboard.range.${r.key}`))),
   );
-  main.append(
+  fill(main, 
     h("h1", {}, t("dashboard.title")),
     h("div", { class: "toolbar" }, h("label", {}, t("dashboard.range"), picker)),
     totals,
@@ -59,13 +59,13 @@ export async function render(main) {
     const requests = sum(all.requests);
     const errors = sum(all.errors);
     const tokens = sum(all.prompt_tokens) + sum(all.completion_tokens);
-    clear(totals).append(
+    fill(totals, 
       total("dashboard.requests", formatNumber(requests)),
       total("dashboard.tokens", formatNumber(tokens)),
       total("dashboard.errors", formatNumber(errors)),
       total("dashboard.error_rate", requests ? `${((100 * errors) / requests).toFixed(1)}%` : "–"),
     );
-    clear(charts).append(
+    fill(charts, 
       lineChart({
         title: t("dashboard.chart.requests"),
         times,

@@ -1,7 +1,7 @@
 // Endpoints and their replicas, with health; refreshed while the page is open.
 
 import { get } from "../api.js";
-import { clear, formatNumber, h } from "../dom.js";
+import { fill, formatNumber, h } from "../dom.js";
 import { t } from "../i18n.js";
 
 const REFRESH_MS = 5000;
@@ -13,12 +13,12 @@ function health(ok) {
 export async function render(main) {
   const overall = h("p", {});
   const list = h("div");
-  main.append(h("h1", {}, t("endpoints.title")), overall, list);
+  fill(main, h("h1", {}, t("endpoints.title")), overall, list);
 
   async function refresh() {
     const data = await get("/endpoints");
-    clear(overall).append(t("endpoints.server"), " ", h("span", { class: data.status === "ok" ? "badge ok" : "badge bad" }, t(`endpoints.status.${data.status}`)));
-    clear(list).append(data.endpoints.map(card));
+    fill(overall, t("endpoints.server"), " ", h("span", { class: data.status === "ok" ? "badge ok" : "badge bad" }, t(`endpoints.status.${data.status}`)));
+    fill(list, data.endpoints.map(card));
   }
 
   await refresh();

@@ -3,7 +3,7 @@
 // OpenAI route, anything else to V2's).
 
 import { get, post } from "../api.js";
-import { clear, h } from "../dom.js";
+import { clear, fill, h } from "../dom.js";
 import { t } from "../i18n.js";
 
 export async function render(main) {
@@ -22,10 +22,10 @@ export async function render(main) {
   let running = null;
 
   if (!apps.length) {
-    main.append(h("h1", {}, t("playground.title")), h("p", {}, t("playground.no_apps"), " ", h("a", { href: "#/apps" }, t("apps.title"))));
+    fill(main, h("h1", {}, t("playground.title")), h("p", {}, t("playground.no_apps"), " ", h("a", { href: "#/apps" }, t("apps.title"))));
     return;
   }
-  main.append(
+  fill(main, 
     h("h1", {}, t("playground.title")),
     h(
       "form",

@@ -1,7 +1,7 @@
 // The request log: one row per chat request, newest first, filtered and paged.
 
 import { get, query } from "../api.js";
-import { clear, formatNumber, formatTime, h } from "../dom.js";
+import { clear, fill, formatNumber, formatTime, h } from "../dom.js";
 import { t } from "../i18n.js";
 
 const PAGE = 50;
@@ -38,7 +38,7 @@ export async function render(main) {
   user.addEventListener("change", () => load(true));
 
   const textNote = server.request_log.record_text ? "" : t("requests.no_text");
-  main.append(
+  fill(main, 
     h("h1", {}, t("requests.title")),
     h(
       "div",
@@ -102,7 +102,7 @@ export async function render(main) {
       throw error;
     }
     if (fresh) clear(body);
-    body.append(page.rows.map(row));
+    body.append(...page.rows.map(row));
     if (fresh && !page.rows.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, t("requests.none"))));
     nextBeforeId = page.next_before_id;
     more.hidden = nextBeforeId === null;

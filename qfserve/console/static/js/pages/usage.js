@@ -2,7 +2,7 @@
 
 import { API_BASE, get, query } from "../api.js";
 import { barChart, lineChart } from "../chart.js";
-import { clear, formatNumber, h } from "../dom.js";
+import { clear, fill, formatNumber, h } from "../dom.js";
 import { t } from "../i18n.js";
 
 const GROUPS = ["day", "endpoint", "user", "app"];
@@ -24,7 +24,7 @@ export async function render(main) {
   const body = h("tbody");
   const head = h("tr");
   for (const control of [by, app, since, until]) control.addEventListener("change", load);
-  main.append(
+  fill(main, 
     h("h1", {}, t("usage.title")),
     h(
       "div",
@@ -46,8 +46,8 @@ export async function render(main) {
     csv.href = `${API_BASE}/usage.csv${search}`;
     const { rows } = await get(`/usage${search}`);
     const name = (row) => groupName(by.value, row.group, apps);
-    clear(head).append(h("th", {}, t(`usage.by.${by.value}`)), COLUMNS.map((c) => h("th", { class: "num" }, t(`usage.${c}`))));
-    clear(body).append(
+    fill(head, h("th", {}, t(`usage.by.${by.value}`)), COLUMNS.map((c) => h("th", { class: "num" }, t(`usage.${c}`))));
+    fill(body, 
       rows.map((row) => h("tr", {}, h("td", {}, name(row)), COLUMNS.map((c) => h("td", { class: "num" }, formatNumber(row[c]))))),
     );
     if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, t("usage.none"))));
