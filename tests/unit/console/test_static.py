@@ -79,3 +79,10 @@ def test_every_static_file_is_package_data() -> None:
     for path in files:
         relative = path.relative_to(package)
         assert any(relative.match(pattern) for pattern in patterns), relative
+
+
+def test_the_console_stays_small() -> None:
+    """Every page, script, catalog and style together: a budget, so that a library or a picture
+    added by accident is noticed."""
+    total = sum(p.stat().st_size for p in STATIC_DIR.rglob("*") if p.is_file())
+    assert total < 120_000, f"{total} bytes"
