@@ -247,3 +247,15 @@ def test_an_idle_console_signs_out(page: Page, admin: tuple[str, str]) -> None:
     page.clock.fast_forward(10_000)
     expect(page.get_by_role("alert")).to_have_text(re.compile("without activity"))
     assert page.request.get("/admin/api/me").status == 401
+
+
+def test_a_session_ended_on_the_server_brings_back_the_sign_in_page(
+    page: Page, admin: tuple[str, str]
+) -> None:
+    sign_in(page, *admin)
+    csrf = admin_get(page, "/me")["csrf_token"]
+    # Ended behind the console's back (as by the server's idle timeout, or another tab).
+    assert page.request.post("/admin/api/logout", headers={"X-CSRF-Token": csrf}).status == 204
+    page.get_by_role("link", name="Apps and keys").click()
+    expect(page.get_by_role("alert")).to_have_text("Your session has ended. Please sign in again.")
+    expect(page.locator("input[name=password]")).to_be_visible()
