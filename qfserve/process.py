@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -200,6 +201,15 @@ def log_backends(settings: Settings) -> None:
 
 def run(service: Service, settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then wind down within the grace period and return."""
+    server, sockets = server_for(service, settings)
+    server.run(sockets=sockets)
+
+
+def server_for(
+    service: Service, settings: Settings
+) -> tuple[uvicorn.Server, list[socket.socket] | None]:
+    """The server, and the sockets it listens on when the admin surface has a port of its own
+    (None: uvicorn binds the chat host and port itself)."""
     config = uvicorn.Config(
         service.app,
         host=settings.host,
@@ -214,9 +224,8 @@ def run(service: Service, settings: Settings) -> None:
     )
     server = _GracefulServer(service, config)
     if settings.admin_placement != "own":
-        server.run()
-        return
+        return server, None
     # One server, two listening sockets: the app tells them apart by the local port.
     admin = uvicorn.Config(service.app, host=settings.admin.host, port=settings.admin.port)
     log.info("admin API and console on %s:%d", settings.admin.host, settings.admin.port)
-    server.run(sockets=[config.bind_socket(), admin.bind_socket()])
+    return server, [config.bind_socket(), admin.bind_socket()]

@@ -35,7 +35,10 @@ def api_app(services: AdminServices) -> Starlette:
     return Starlette(routes=routes, exception_handlers=HANDLERS)
 
 
-def build_routes(services: AdminServices, static: Path = CONSOLE_STATIC) -> list[BaseRoute]:
+def build_routes(services: AdminServices, static: Path | None = None) -> list[BaseRoute]:
+    """The API's mount, and the console's when its static files are there (`static`, by
+    default `qfserve/console/static/`)."""
+    static = static or CONSOLE_STATIC
     routes: list[BaseRoute] = [Mount(PREFIX, app=api_app(services))]
     if static.is_dir():
         routes += [
