@@ -38,14 +38,18 @@ export async function render(main) {
     charts,
   );
 
+  // A period picked while the last one loads, or the timer's refresh: only the latest is drawn.
+  let latest = 0;
+
   async function refresh() {
+    const asked = ++latest;
     const until = new Date();
     const since = new Date(until.getTime() - range.seconds * 1000);
     const data = await get(
       "/stats/timeseries" +
         query({ since: since.toISOString(), until: until.toISOString(), bucket_seconds: range.bucket }),
     );
-    draw(data);
+    if (asked === latest) draw(data);
   }
 
   function draw(data) {

@@ -79,7 +79,11 @@ export async function render(main) {
   // A local time typed in the filter, as the UTC instant the API expects.
   const instant = (value) => (value ? new Date(value).toISOString() : "");
 
+  // Filters changed quickly send several requests: only the latest one's answer is shown.
+  let latest = 0;
+
   async function load(fresh) {
+    const asked = ++latest;
     message.textContent = "";
     const search = query({
       app_id: app.value,
@@ -95,12 +99,14 @@ export async function render(main) {
     try {
       page = await get(`/requests${search}`);
     } catch (error) {
+      if (asked !== latest) return;
       if (error.status === 400) {
         message.textContent = error.message;
         return;
       }
       throw error;
     }
+    if (asked !== latest) return;
     if (fresh) clear(body);
     body.append(...page.rows.map(row));
     if (fresh && !page.rows.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, t("requests.none"))));

@@ -40,11 +40,16 @@ export async function render(main) {
     h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, head), body)),
   );
 
+  // Filters changed quickly send several requests: only the latest one's answer is shown.
+  let latest = 0;
+
   async function load() {
+    const asked = ++latest;
     // The date picked as "until" is included: the API's range ends before its `until`.
     const search = query({ by: by.value, app_id: app.value, since: since.value, until: dayAfter(until.value) });
-    csv.href = `${API_BASE}/usage.csv${search}`;
     const { rows } = await get(`/usage${search}`);
+    if (asked !== latest) return;
+    csv.href = `${API_BASE}/usage.csv${search}`;
     const name = (row) => groupName(by.value, row.group, apps);
     fill(head, h("th", {}, t(`usage.by.${by.value}`)), COLUMNS.map((c) => h("th", { class: "num" }, t(`usage.${c}`))));
     fill(body, 
