@@ -231,6 +231,52 @@ def test_the_endpoints_page_shows_each_endpoints_health(page: Page, admin: tuple
     screenshot(page, "endpoints")
 
 
+def test_the_endpoints_page_shows_remote_replicas_health(
+    page: Page, admin: tuple[str, str]
+) -> None:
+    # A remote endpoint needs upstream servers; its figures, as the admin API gives them, are
+    # enough for what the page does with them.
+    remote = {
+        "name": "ernie_speed",
+        "service_name": "ERNIE-Speed-8K",
+        "engine": "remote",
+        "ready": True,
+        "running": 3,
+        "waiting": 1,
+        "prompt_tokens": 5200,
+        "cached_prompt_tokens": 1300,
+        "generated_tokens": 9100,
+        "replicas": [
+            {
+                "url": "http://10.0.0.5:8000",
+                "healthy": True,
+                "outstanding": 2,
+                "requests": 40,
+                "failures": 0,
+            },
+            {
+                "url": "http://10.0.0.6:8000",
+                "healthy": False,
+                "outstanding": 0,
+                "requests": 12,
+                "failures": 5,
+            },
+        ],
+    }
+    page.route(
+        "**/admin/api/endpoints",
+        lambda route: route.fulfill(json={"status": "ok", "endpoints": [remote]}),
+    )
+    sign_in(page, *admin)
+    go(page, "endpoints")
+    rows = page.locator('[data-endpoint="ernie_speed"] tbody tr')
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="10.0.0.5")).to_contain_text("healthy")
+    expect(rows.filter(has_text="10.0.0.6")).to_contain_text("unhealthy")
+    expect(rows.filter(has_text="10.0.0.6").locator("td.num")).to_have_text(["0", "12", "5"])
+    screenshot(page, "endpoints-remote")
+
+
 def test_chinese_is_the_default_for_a_chinese_browser_and_the_switch_is_remembered(
     browser: Browser, live: LiveServer, admin: tuple[str, str]
 ) -> None:
@@ -314,3 +360,16 @@ def test_a_late_answer_for_an_older_filter_does_not_replace_the_newer_one(
     assert page.get_by_role("link", name="Export CSV").get_attribute("href") == (
         f"/admin/api/usage.csv?by=endpoint&app_id={app_id}"
     )
+
+
+def test_the_audit_log_shows_what_the_admin_did(page: Page, admin: tuple[str, str]) -> None:
+    sign_in(page, *admin)
+    app_id, _, _ = create_app(page, "audited")
+    go(page, "audit")
+    page.locator("input[name=action]").fill("app.create")
+    page.locator("input[name=action]").dispatch_event("change")
+    created = page.locator("tbody tr").filter(has_text=f"app:{app_id}")
+    expect(created).to_have_count(1)
+    expect(created).to_contain_text(admin[0])
+    expect(page.locator("tbody tr").filter(has_text="login")).to_have_count(0)
+    screenshot(page, "audit")

@@ -11,6 +11,7 @@ const PAGES = [
   { path: "requests", label: "nav.requests", load: () => import("./pages/requests.js") },
   { path: "endpoints", label: "nav.endpoints", load: () => import("./pages/endpoints.js") },
   { path: "playground", label: "nav.playground", load: () => import("./pages/playground.js") },
+  { path: "audit", label: "nav.audit", load: () => import("./pages/audit.js") },
 ];
 const ACTIVITY = ["pointerdown", "keydown", "wheel", "touchstart"];
 
