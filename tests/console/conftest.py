@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from tests.console.live import LiveServer, live_server
 from tests.fake_engine import FakeEngine, Script
@@ -27,8 +34,10 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "console-screensho
 ENDPOINTS = ("llama_2_7b", "ernie_speed")
 # Words sent a little apart, so a stream is seen arriving in pieces.
 STREAMED = Script(
-    answer="Tokyo is the capital of Japan, and its largest city by far.", token_delay=0.15
+    answer="Tokyo is the capital of Japan, and its largest city by far.", token_delay=0.25
 )
+# Two cores shared with other work: what the page does in a blink may take seconds.
+expect.set_options(timeout=15_000)
 
 
 @pytest.fixture(scope="session")
