@@ -196,6 +196,8 @@ async def keep_pruned(pruner: RequestLogPruner, every_seconds: float) -> None:
             pruned = await anyio.to_thread.run_sync(pruner.prune)
         except SQLAlchemyError as exc:
             log.warning("request log: pruning failed, trying again later: %s", type(exc).__name__)
+        except Exception as exc:  # a bug: logged, and the job lives on
+            log.error("request log: pruning failed", exc_info=exc)
         else:
             if pruned.by_age or pruned.by_size:
                 log.info(

@@ -32,8 +32,10 @@ def csrf_token(session_secret: str) -> str:
 
 
 def csrf_matches(session_secret: str, presented: str | None) -> bool:
+    # As bytes: compare_digest refuses strings with characters beyond ASCII, which a header
+    # can carry.
     return presented is not None and hmac.compare_digest(
-        csrf_token(session_secret), presented.strip()
+        csrf_token(session_secret).encode(), presented.strip().encode("utf-8", "replace")
     )
 
 

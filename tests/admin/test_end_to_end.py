@@ -7,13 +7,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from qfserve.config import RequestLogSettings
 from tests.admin.console import SignedIn, sign_in
 from tests.fake_engine import ANSWER
 from tests.inprocess import InProcess, bearer, running, sse_json
+from tests.pg_server import running_postgres
 from tests.waiting import wait_until
 
 
@@ -35,8 +39,21 @@ def _logged(admin: SignedIn, rows: int, query: str = "") -> list[dict[str, Any]]
     return wait_until(found, what=f"{rows} request log rows")
 
 
-def test_an_app_made_over_the_api_serves_and_shows_up_in_the_log(tmp_path: Path) -> None:
-    with running(tmp_path, request_log=RequestLogSettings(record_text=True)) as qf:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store's URL: empty for SQLite in the data directory, or a private PostgreSQL."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with running_postgres() as url:
+        yield url
+
+
+def test_an_app_made_over_the_api_serves_and_shows_up_in_the_log(
+    tmp_path: Path, store_url: str
+) -> None:
+    logged = RequestLogSettings(record_text=True)
+    with running(tmp_path, request_log=logged, database_url=store_url) as qf:
         admin = sign_in(qf)
         made = admin.post("/apps", {"name": "shop"})
         assert made.status_code == 201
@@ -231,6 +248,8 @@ def test_bad_query_parameters_are_400(qf: InProcess) -> None:
         "/requests?status=bad",
         "/stats/timeseries?bucket_seconds=1&since=2026-01-01&until=2026-02-01",
         "/stats/timeseries?since=2026-02-01&until=2026-01-01",
+        "/requests?user_id=a%00b",
+        "/audit?action=%00",
     ):
         reply = admin.get(path)
         assert (reply.status_code, reply.json()["error"]["code"]) == (400, "bad_request"), path

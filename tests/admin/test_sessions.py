@@ -117,6 +117,7 @@ def test_sessions_end_idle_or_old_and_are_kept_alive_by_use(tmp_path: Path) -> N
     opened = sessions.open(Admin(1, info.name))
     assert csrf_matches(opened.secret, opened.csrf_token)
     assert not csrf_matches(opened.secret, "0" * 64) and not csrf_matches(opened.secret, None)
+    assert not csrf_matches(opened.secret, "é" * 64)
     # Used every 9 minutes, it lives on past the idle timeout ...
     for _ in range(6):
         now[0] += timedelta(minutes=9)
@@ -177,3 +178,22 @@ def test_bodies_must_be_json(qf: InProcess) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert login_form.status_code == 415
+
+
+def test_odd_input_is_a_client_error_never_a_crash(qf: InProcess) -> None:
+    admin = sign_in(qf)
+    raw = {"Content-Type": "application/json", "X-CSRF-Token": admin.csrf_token}
+    for body in (
+        '{"name": "\\ud800"}',
+        '{"name": "a\\u0000b"}',
+        "[]",
+        '{"name": 5}',
+        '{"name": "x", "extra": 1}',
+    ):
+        reply = qf.client.post(f"{API}/apps", content=body, headers=raw)
+        assert reply.status_code == 400, (body, reply.text)
+    for body in ('{"name": "\\ud800", "password": "\\ud800"}', '{"name": "ops"}'):
+        login = qf.client.post(
+            f"{API}/login", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert login.status_code == 400, (body, login.text)

@@ -28,6 +28,9 @@ HELP_PAGES = [
     ["app", "key"],
     ["app", "key", "create"],
     ["app", "key", "revoke"],
+    ["admin"],
+    ["admin", "create"],
+    ["admin", "token", "create"],
 ]
 
 

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from qfserve.admin.operations import KeyKind
+
+
+def _storable(text: str) -> str:
+    """Text every database stores: no NUL (PostgreSQL refuses it), no lone surrogate."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class Body(BaseModel):
@@ -12,12 +28,12 @@ class Body(BaseModel):
 
 
 class Login(Body):
-    name: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
+    name: Text = Field(min_length=1, max_length=64)
+    password: Text = Field(min_length=1, max_length=256)
 
 
 class NewApp(Body):
-    name: str = Field(min_length=1, max_length=128)
+    name: Text = Field(min_length=1, max_length=128)
 
 
 class Empty(Body):
@@ -42,7 +58,7 @@ class Access(Body):
     """Only what is given changes. `endpoints`: the endpoints the app may use; [] or null: all."""
 
     quota: Quota | None = None
-    endpoints: list[str] | None = None
+    endpoints: list[Text] | None = None
 
 
 class NewKey(Body):
@@ -51,7 +67,7 @@ class NewKey(Body):
 
 class RevokeKey(Body):
     kind: KeyKind
-    prefix: str = Field(min_length=1, max_length=128)
+    prefix: Text = Field(min_length=1, max_length=128)
 
 
 class PlaygroundToken(Body):

@@ -29,9 +29,7 @@ def openapi_path(path: str) -> str:
     return _PATH_PARAM.sub(r"{\1}", path)
 
 
-def document(routes: Iterable[AdminRoute], version: str) -> dict[str, Any]:
-    from qfserve.api.admin.routes import PREFIX
-
+def document(routes: Iterable[AdminRoute], prefix: str, version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": _ERROR}
     for route in routes:
@@ -80,7 +78,7 @@ def document(routes: Iterable[AdminRoute], version: str) -> dict[str, Any]:
             }
         if not route.public:
             operation["security"] = [{"session": [], "csrf": []}, {"bearer": []}]
-        paths.setdefault(PREFIX + openapi_path(route.path), {})[route.method.lower()] = operation
+        paths.setdefault(prefix + openapi_path(route.path), {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {

@@ -18,6 +18,7 @@ from qfserve.access.attempts import TooManyFailedAttempts
 from qfserve.access.usage import GROUPINGS, GroupBy, utc_instant
 from qfserve.admin.audit import Actor
 from qfserve.admin.request_log import LogFilter
+from qfserve.admin.sessions import csrf_token
 from qfserve.admin.stats import MAX_BUCKETS
 from qfserve.api.admin import models, render
 from qfserve.api.admin.http import (
@@ -30,6 +31,7 @@ from qfserve.api.admin.http import (
     json_response,
     not_found,
 )
+from qfserve.api.admin.openapi import document
 
 PREFIX = "/admin/api"
 MAX_PAGE = 500
@@ -62,6 +64,8 @@ class AdminRoute:
 
 def _text(call: AdminCall, name: str) -> str | None:
     value = call.request.query_params.get(name)
+    if value is not None and "\x00" in value:
+        raise bad_request(f"{name}: must not contain NUL")
     return value if value not in (None, "") else None
 
 
@@ -162,25 +166,19 @@ async def logout(call: AdminCall) -> Response:
 
 async def me(call: AdminCall) -> Response:
     assert call.admin is not None
-    session = call.via == "session" and call.session_secret is not None
-    from qfserve.admin.sessions import csrf_token
-
+    secret = call.session_secret if call.via == "session" else None
     return json_response(
         {
             "name": call.admin.name,
             "via": call.via,
-            "csrf_token": csrf_token(call.session_secret)
-            if session and call.session_secret
-            else None,
-            "idle_timeout_seconds": call.services.sessions.idle_seconds if session else None,
+            "csrf_token": csrf_token(secret) if secret else None,
+            "idle_timeout_seconds": call.services.sessions.idle_seconds if secret else None,
         }
     )
 
 
 async def openapi(call: AdminCall) -> Response:
-    from qfserve.api.admin.openapi import document
-
-    return json_response(document(ROUTES, _version()))
+    return json_response(document(ROUTES, PREFIX, _version()))
 
 
 def _version() -> str:

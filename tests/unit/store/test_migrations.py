@@ -34,6 +34,7 @@ def migrate_from_first_revision(url: str) -> None:
     database.upgrade()
     tables = set(inspect(database.engine).get_table_names())
     assert {"apps", "access_tokens", "iam_keys", "usage_records", "app_keys", "v2_keys"} <= tables
+    assert {"request_log", "admins", "admin_tokens", "admin_sessions", "admin_audit"} <= tables
     apps = AppRegistry(database)
     (old,) = apps.all()
     assert (old.name, old.api_key, old.deleted, old.endpoints) == ("old", "OLDKEY", False, None)
