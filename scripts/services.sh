@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the servers the tests run privately (each test session starts its own PostgreSQL cluster
-# and Redis on loopback ports, in temporary folders): Debian's postgresql and redis-server.
+# and Redis on loopback ports, in temporary folders): Debian's postgresql and redis-server; and the
+# Chromium the console's browser tests drive (Playwright is given its path: it downloads nothing).
 # Idempotent and quiet when everything is there already; needs root (or sudo) only to install.
 set -euo pipefail
 
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
 ((${#missing[@]})) || exit 0
 
 echo "installing ${missing[*]} (Debian packages) for the tests"
