@@ -146,6 +146,8 @@ def test_the_usage_and_dashboard_plots_grow_with_real_chat_calls(
     assert counted == [["ernie_speed", "1"], ["llama_2_7b", "2"]]
 
     go(page, "dashboard")
+    # Drawn once the page's first call for the series has answered.
+    expect(page.locator("main .charts")).to_have_attribute("data-requests", re.compile(r"^\d+$"))
     requests_before = int(page.locator("main .charts").get_attribute("data-requests") or "0")
     assert requests_before >= 3
     assert chat(live, key).status_code == 200
