@@ -98,8 +98,9 @@ class Sessions:
             )
         return NewSession(secret, admin)
 
-    def resolve(self, secret: str) -> Admin | None:
-        """The admin of a live session, its idle clock restarted; None once it has ended."""
+    def resolve(self, secret: str, *, active: bool = True) -> Admin | None:
+        """The admin of a live session, its idle clock restarted if the request is the admin's
+        own doing (`active`; a page refreshing itself is not); None once it has ended."""
         if not secret:
             return None
         now = self._clock()
@@ -116,7 +117,7 @@ class Sessions:
             if now - last_seen >= self._idle or now - created >= self._max:
                 session.delete(row)
                 return None
-            if now - last_seen >= self._touch:
+            if active and now - last_seen >= self._touch:
                 row.last_seen_at = now
             return Admin(row.admin_id, name)
 

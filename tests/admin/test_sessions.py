@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from qfserve.admin.credentials import Admins
 from qfserve.admin.sessions import Sessions, csrf_matches
+from qfserve.admin.times import aware
 from qfserve.config import AdminSettings
 from qfserve.store.database import Database
 from qfserve.store.schema import AdminSessionRow
@@ -98,6 +99,23 @@ def test_an_idle_session_ends(qf: InProcess) -> None:
     reply = qf.client.get(f"{API}/me")
     assert reply.status_code == 401
     assert reply.json()["error"]["code"] == "unauthorized"
+
+
+def test_a_pages_background_refresh_does_not_keep_a_session_alive(qf: InProcess) -> None:
+    """A console left open polls the API; only what the admin does restarts the idle clock."""
+    sign_in(qf)
+    long_ago = datetime.now(UTC) - timedelta(minutes=20)
+    with qf.store.database.session() as session:
+        session.execute(update(AdminSessionRow).values(last_seen_at=long_ago))
+    background = {"X-Admin-Background": "1"}
+    assert qf.client.get(f"{API}/me", headers=background).status_code == 200
+    with qf.store.database.session() as session:
+        (seen,) = session.execute(select(AdminSessionRow.last_seen_at)).scalars()
+    assert aware(seen) == long_ago
+    assert qf.client.get(f"{API}/me").status_code == 200
+    with qf.store.database.session() as session:
+        (seen,) = session.execute(select(AdminSessionRow.last_seen_at)).scalars()
+    assert aware(seen) > long_ago
 
 
 def test_sessions_end_idle_or_old_and_are_kept_alive_by_use(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ get an `AdminCall` and return a response; what they raise is mapped here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -103,6 +104,10 @@ class AdminCall:
 Handler = Callable[[AdminCall], Awaitable[Response]]
 
 
+# Sent (as "1") by a page's own timed refresh, not by something the admin did.
+BACKGROUND_HEADER = "X-Admin-Background"
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else ""
 
@@ -123,8 +128,15 @@ async def _who(
             raise UNAUTHORIZED
         return admin, "token", None
     secret = request.cookies.get(COOKIE, "")
+    # A console page refreshing itself on a timer says so: it must not keep an unattended
+    # session alive forever.
+    active = request.headers.get(BACKGROUND_HEADER) != "1"
     session_admin = (
-        await anyio.to_thread.run_sync(services.sessions.resolve, secret) if secret else None
+        await anyio.to_thread.run_sync(
+            functools.partial(services.sessions.resolve, secret, active=active)
+        )
+        if secret
+        else None
     )
     if session_admin is None:
         raise UNAUTHORIZED

@@ -22,8 +22,10 @@ export function whenSignedOut(handler) {
   onSignedOut = handler;
 }
 
-export async function call(method, path, body) {
+export async function call(method, path, body, { background = false } = {}) {
   const headers = { Accept: "application/json" };
+  // A page's timed refresh does not restart the session's idle clock on the server.
+  if (background) headers["X-Admin-Background"] = "1";
   if (method !== "GET" && method !== "HEAD" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const reply = await fetch(BASE + path, {
@@ -48,7 +50,7 @@ export async function call(method, path, body) {
   return data;
 }
 
-export const get = (path) => call("GET", path);
+export const get = (path, options) => call("GET", path, undefined, options);
 export const post = (path, body) => call("POST", path, body);
 export const patch = (path, body) => call("PATCH", path, body);
 export const del = (path) => call("DELETE", path);

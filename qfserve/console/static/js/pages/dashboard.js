@@ -41,13 +41,14 @@ export async function render(main) {
   // A period picked while the last one loads, or the timer's refresh: only the latest is drawn.
   let latest = 0;
 
-  async function refresh() {
+  async function refresh(background = false) {
     const asked = ++latest;
     const until = new Date();
     const since = new Date(until.getTime() - range.seconds * 1000);
     const data = await get(
       "/stats/timeseries" +
         query({ since: since.toISOString(), until: until.toISOString(), bucket_seconds: range.bucket }),
+      { background },
     );
     if (asked === latest) draw(data);
   }
@@ -114,6 +115,6 @@ export async function render(main) {
   }
 
   await refresh();
-  const timer = setInterval(() => refresh().catch(() => {}), REFRESH_MS);
+  const timer = setInterval(() => refresh(true).catch(() => {}), REFRESH_MS);
   return () => clearInterval(timer);
 }

@@ -15,14 +15,14 @@ export async function render(main) {
   const list = h("div");
   fill(main, h("h1", {}, t("endpoints.title")), overall, list);
 
-  async function refresh() {
-    const data = await get("/endpoints");
+  async function refresh(background = false) {
+    const data = await get("/endpoints", { background });
     fill(overall, t("endpoints.server"), " ", h("span", { class: data.status === "ok" ? "badge ok" : "badge bad" }, t(`endpoints.status.${data.status}`)));
     fill(list, data.endpoints.map(card));
   }
 
   await refresh();
-  const timer = setInterval(() => refresh().catch(() => {}), REFRESH_MS);
+  const timer = setInterval(() => refresh(true).catch(() => {}), REFRESH_MS);
   return () => clearInterval(timer);
 }
 
