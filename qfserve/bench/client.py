@@ -149,6 +149,7 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)
     output_tokens: int = 0
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
     counted_by: str = ""
     finish: str | None = None
     text: str = ""
@@ -296,6 +297,8 @@ async def _read_openai(response: httpx.Response, record: RequestRecord, began: f
         if chunk.completion_tokens is not None:
             record.output_tokens, record.counted_by = chunk.completion_tokens, "usage"
             record.prompt_tokens = chunk.prompt_tokens
+        if chunk.cached_tokens is not None:
+            record.cached_tokens = chunk.cached_tokens
     record.text = "".join(parts)
 
 
