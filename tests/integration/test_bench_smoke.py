@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qfserve.bench.peers import missing_llama_cpp_server_modules
+from qfserve.bench.peers import find_llama_server, missing_llama_cpp_server_modules
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -37,6 +37,9 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     assert results["settings"]["max_tokens"] == 16 and results["settings"]["threads"] >= 1
 
     peers = ["qfserve", "llama_cpp.server"] if compare else ["qfserve"]
+    # The reference joins by itself once scripts/llama_server.sh has built it.
+    if find_llama_server() is not None:
+        peers.append("llama-server")
     load = {(s["peer"], s["concurrency"]): s for s in results["load"]}
     assert set(load) == {(p, c) for p in peers for c in (1, 2)}
     for summary in [*load.values(), results["baseline"]]:
@@ -62,7 +65,7 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     else:
         assert results["disconnect"]["note"].startswith("not available")
 
-    assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "c", "d"]
+    assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "r1", "r2", "r3", "c", "d"]
     assert page.read_text().startswith("# qfserve bench results")
     assert json.loads(page.with_suffix(".json").read_text()) == results
 

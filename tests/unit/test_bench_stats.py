@@ -424,7 +424,8 @@ def test_targets_from_one_run() -> None:
     found = {t["id"]: t for t in targets(_results())}
     assert found["a"]["value"] == pytest.approx(0.9) and found["a"]["met"]
     assert found["b1"]["value"] == pytest.approx(160 / 47) and found["b1"]["met"]
-    assert found["b2"]["value"] == pytest.approx(160 / 90) and found["b2"]["met"]
+    assert found["b1"]["goal"] == ">= 1.5"
+    assert found["b2"]["value"] == pytest.approx(160 / 90) and found["b2"]["met"] is None
     assert found["c"]["value"] == pytest.approx(1.4) and found["c"]["met"]
     assert found["d"]["value"] is None and found["d"]["met"] is None
     assert found["d"]["detail"] == "not available"
@@ -432,7 +433,7 @@ def test_targets_from_one_run() -> None:
 
 def test_targets_not_measured_are_none() -> None:
     found = {t["id"]: t for t in targets({"load": [_summary("qfserve", 1, 90.0)]})}
-    assert all(found[key]["met"] is None for key in ("a", "b1", "b2", "c", "d"))
+    assert all(found[key]["met"] is None for key in ("a", "b1", "b2", "r1", "r2", "r3", "c", "d"))
 
 
 def test_markdown_report() -> None:
@@ -449,8 +450,10 @@ def test_markdown_report() -> None:
     assert "| c | 8th turn's" in page and "| 1.40 | <= 1.5 | yes |" in page
 
 
-def test_reference_rows_only_when_llama_server_was_measured() -> None:
-    assert not {"r1", "r2", "r3"} & {t["id"] for t in targets(_results())}
+def test_reference_rows_are_goals_against_llama_server() -> None:
+    unmeasured = {t["id"]: t for t in targets(_results())}
+    assert all(unmeasured[key]["met"] is None for key in ("r1", "r2", "r3"))
+    assert "llama-server not measured" in unmeasured["r2"]["detail"]
     results = _results()
     loads = results["load"]
     assert isinstance(loads, list)
@@ -463,4 +466,10 @@ def test_reference_rows_only_when_llama_server_was_measured() -> None:
     assert found["r1"]["value"] == pytest.approx(100 / 80)
     assert found["r2"]["value"] == pytest.approx(160 / 100)
     assert found["r3"]["value"] == pytest.approx(90 / 80)
-    assert all(found[key]["met"] is None for key in ("r1", "r2", "r3"))
+    assert found["r1"]["met"] is None
+    assert found["r2"]["met"] is True and found["r3"]["met"] is True
+    assert found["r2"]["goal"] == found["r3"]["goal"] == ">= 1.0"
+    assert "not measured" not in found["r2"]["detail"]
+    results["load"] = [*loads, _summary("llama-server", 1, 95.0)]
+    found = {t["id"]: t for t in targets(results)}
+    assert found["r3"]["met"] is False and found["r2"]["met"] is None
