@@ -6,8 +6,8 @@
 #   scripts/llama_server.sh --check    # path if already built, exit 1 otherwise (never builds)
 #
 # The binary is the benchmark's reference peer: the same llama.cpp as qfserve's engine, compiled
-# with the same portable flags as the Makefile's llama-cpp-python build (a native build on a CPU
-# with AMX crashes on batches of more than one token). The build takes minutes of CPU, so it is
+# with the Makefile's LLAMA_CMAKE_ARGS, as llama-cpp-python is (a native build on a CPU with AMX
+# crashes on batches of more than one token). The build takes minutes of CPU, so it is
 # cached outside the repository:
 #   ${QFSERVE_LLAMA_SERVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qfserve}/llama-server-<version>/bin/llama-server
 # A new pinned version or new flags give a new build; the sdist comes from PyPI through pip.
@@ -37,9 +37,15 @@ cmake_args=(
   -DLLAMA_BUILD_UI=OFF
   -DLLAMA_USE_PREBUILT_UI=OFF
 )
+# The Makefile's portable x86-64 flags, the ones llama-cpp-python itself is built with.
 case "$(uname -m)" in
   x86_64 | amd64)
-    cmake_args+=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+    read -r -a portable <<<"$(sed -n 's/^LLAMA_CMAKE_ARGS := //p' "$here/Makefile")"
+    if [[ ${#portable[@]} -eq 0 ]]; then
+      echo "llama_server.sh: no LLAMA_CMAKE_ARGS in the Makefile" >&2
+      exit 2
+    fi
+    cmake_args+=("${portable[@]}")
     ;;
 esac
 
