@@ -227,7 +227,7 @@ def bench(
 
         llama_server = find_llama_server()
         if llama_server is not None:
-            console.print(f"llama-server as the reference: {llama_server}")
+            console.print(f"llama-server as the reference: {llama_server}", soft_wrap=True)
     if many:
         _many_conversations(
             model=model, threads=threads, parallel=parallel, conversations=conversations,

@@ -85,7 +85,8 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         _goal(
             "m3", "after a restart, disk tier: returning TTFT p50 vs fresh",
             ratio(disk_back, disk_fresh), AFTER_RESTART_GOAL,
-            f"{_ms(disk_back)} vs {_ms(disk_fresh)} ms; without the tier {_x(none_ratio)}x",
+            f"{_ms(disk_back)} vs {_ms(disk_fresh)} ms; without the tier "
+            + ("not measured" if none_ratio is None else f"{none_ratio:.2f}x"),
         ),
     ]  # fmt: skip
 
@@ -180,10 +181,10 @@ NOTES = [
     "  Qianfan does). Time to first token is the answer's own first token, on the OpenAI route",
     "  of both servers (one chunk per token); under load it includes waiting for a slot.",
     "- qfserve with no tier restarts half-way too: its turn after the restart is the figure",
-    "  without a disk tier. It plays twice as many conversations as there are slots (enough for",
-    "  every returning turn to find its slot taken): prefilling every history again for all of",
-    "  them would take longer than the rest of the run. The disk variant plays up to the first",
-    "  turn after its restart.",
+    "  without a disk tier. It plays half as many conversations again as there are slots (enough",
+    "  for every returning turn to find its slot taken): prefilling every history again for all",
+    "  of them would take longer than the rest of the run. The disk variant plays up to the",
+    "  first turn after its restart.",
     "- Prompt tokens cached: the share of the returning turns' prompt tokens the server says it",
     "  took from its cache (`prompt_tokens_details.cached_tokens`, llama.cpp's `timings.cache_n`);",
     "  n/a when it does not say.",

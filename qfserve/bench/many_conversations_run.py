@@ -57,9 +57,11 @@ def restart_turn(turns: int) -> int:
 
 def no_tier_conversations(conversations: int, parallel: int) -> int:
     """Without a tier every returning turn prefills its whole history again, which would make
-    this variant alone take longer than all the others: it plays twice as many conversations
-    as there are slots, still enough for every returning turn to find its slot taken."""
-    return min(conversations, 2 * parallel)
+    this variant alone take longer than all the others: it plays half as many conversations
+    again as there are slots. That is still enough for every returning turn to find its slot
+    taken: the first request to start after a conversation's turn ends takes the slot it freed,
+    the only free one while the other clients' requests run."""
+    return min(conversations, parallel + max(1, parallel // 2))
 
 
 def variants(

@@ -22,8 +22,8 @@ MANY_CONVERSATIONS = "many-conversations"
 DEFAULT_CONVERSATIONS = 64
 DEFAULT_TURNS = 8
 # Short answers keep the run short: the scenario is about time to first token, and the history
-# grows mostly by the user's questions. 24 tokens is a sentence or two.
-ANSWER_TOKENS = 24
+# grows mostly by the user's questions. 16 tokens is a sentence.
+ANSWER_TOKENS = 16
 # Its variants, in the order they run and are reported: qfserve with its RAM tier at the default
 # budget, with no tier, with a disk tier; llama.cpp's llama-server with its own defaults.
 RAM_TIER = "ram"
