@@ -219,6 +219,49 @@ def test_stream_chat_reads_a_qianfan_stream() -> None:
     assert len(record.token_times) == 5 and record.finish == "stop"
 
 
+def _closing_server(
+    failures: int, error: type[httpx.TransportError]
+) -> tuple[httpx.AsyncClient, list[int]]:
+    """A server that drops the first `failures` requests before answering, then streams "Hi"."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error("Server disconnected without sending a response.", request=request)
+        body = 'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler)), calls
+
+
+def _ask(client: httpx.AsyncClient) -> RequestRecord:
+    target = Target("llama-server", Dialect.OPENAI, "http://x/v1")
+
+    async def run() -> RequestRecord:
+        async with client:
+            return await stream_chat(
+                client, target, [{"role": "user", "content": "hi"}], Sampling()
+            )
+
+    return asyncio.run(run())
+
+
+def test_stream_chat_asks_again_once_on_a_connection_closed_before_any_response() -> None:
+    client, calls = _closing_server(1, httpx.RemoteProtocolError)
+    record = _ask(client)
+    assert record.ok and record.text == "Hi" and len(calls) == 2
+
+    client, calls = _closing_server(5, httpx.RemoteProtocolError)
+    record = _ask(client)
+    assert record.error is not None and record.error.startswith("RemoteProtocolError")
+    assert len(calls) == 2
+
+    # A server that is not there is an answer: not asked again.
+    client, calls = _closing_server(5, httpx.ConnectError)
+    assert _ask(client).error is not None and len(calls) == 1
+
+
 def test_stream_chat_reports_a_qianfan_error_body() -> None:
     target = Target("qfserve", Dialect.QIANFAN, "http://x")
     error = '{"error_code":110,"error_msg":"Access token invalid or no longer valid"}'
