@@ -229,6 +229,11 @@ def bench(
         if llama_server is not None:
             console.print(f"llama-server as the reference: {llama_server}", soft_wrap=True)
     if many:
+        if url or openai_url:
+            raise typer.BadParameter(
+                f"{MANY_CONVERSATIONS} starts its own servers, restarting some: no --url or "
+                "--openai-url"
+            )
         _many_conversations(
             model=model, threads=threads, parallel=parallel, conversations=conversations,
             turns=turns, sampling=Sampling(
