@@ -7,9 +7,12 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from qfserve.bench.client import Sampling
 
 # Only what the options need at import time: `qfserve bench --help` and a bad option should not
 # pay for httpx, rich's progress or psutil.
@@ -291,7 +294,7 @@ def _many_conversations(
     parallel: int | None,
     conversations: int | None,
     turns: int,
-    sampling: Any,
+    sampling: Sampling,
     llama_server: Path | None,
     workload: Path | None,
     endpoint: str,
@@ -312,6 +315,8 @@ def _many_conversations(
         raise typer.BadParameter(f"--variants: choose among {', '.join(VARIANTS)}")
     if not 2 <= turns <= DEFAULT_TURNS:
         raise typer.BadParameter(f"--turns must be between 2 and {DEFAULT_TURNS}")
+    if (parallel is not None and parallel < 1) or (conversations is not None and conversations < 1):
+        raise typer.BadParameter("--parallel and --conversations must be positive")
     if llama_server is None:
         console.print(
             "[yellow]no llama-server binary (--llama-server, or scripts/llama_server.sh): "
@@ -325,8 +330,18 @@ def _many_conversations(
         workload=workload or default_dir(), llama_server=llama_server, endpoint=endpoint,
         only=chosen,
     )  # fmt: skip
+
+    async def run() -> dict[str, Any]:
+        # SIGTERM cancels the run like Ctrl-C does: the server it started is stopped on the way.
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_many(options, console)
+
     try:
-        results = asyncio.run(run_many(options, console))
+        results = asyncio.run(run())
+    except asyncio.CancelledError as exc:
+        raise typer.Exit(128 + signal.SIGTERM) from exc
     except (RuntimeError, OSError, ValueError) as exc:
         console.print(f"[red]bench failed: {exc}[/red]")
         raise typer.Exit(1) from exc
