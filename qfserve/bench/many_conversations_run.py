@@ -26,6 +26,7 @@ from qfserve.bench.workload import (
     LLAMA_SERVER_VARIANT,
     NO_TIER,
     RAM_TIER,
+    Conversation,
     load_conversations,
 )
 
@@ -195,7 +196,7 @@ def _target(peer: peer_mod.Peer) -> Target:
 async def _run_variant(
     variant: Variant,
     options: ManyOptions,
-    conversations: list[Any],
+    conversations: list[Conversation],
     workdir: Path,
     console: Console,
 ) -> dict[str, Any]:
@@ -214,7 +215,7 @@ async def _run_variant(
     peer = await _start(variant, options, folder)
     try:
         with progress_bar(console) as progress:
-            task = progress.add_task(variant.label, total=len(conversations) * variant.last_turn)
+            task = progress.add_task(variant.label, total=len(played) * variant.last_turn)
             for number, (first, last) in enumerate(phases):
                 if number > 0:
                     console.print(f"restarting {peer.name} after turn {first - 1}")
