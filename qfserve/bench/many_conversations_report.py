@@ -17,6 +17,41 @@ VS_LLAMA_SERVER_GOAL = 1.0
 AFTER_RESTART_GOAL = 2.0
 
 
+# qfserve's counters of prompt tokens, all of them and those served from a cache (slots or tiers),
+# and its prefix-cache tier metrics: what `cache_samples` keeps of `GET /metrics`.
+PROMPT_TOKENS = "qfserve_prompt_tokens_total"
+CACHED_PROMPT_TOKENS = "qfserve_prompt_tokens_cached_total"
+KEPT_METRICS = ("qfserve_prompt_tokens", "qfserve_prefix_cache")
+
+
+def cache_samples(text: str) -> dict[str, float]:
+    """The samples of Prometheus' text format whose names start with `KEPT_METRICS`, keyed by
+    name and labels as written."""
+    found: dict[str, float] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line.startswith(KEPT_METRICS):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key.partition("{")[0].endswith("_created"):
+            continue
+        try:
+            found[key] = float(value)
+        except ValueError:
+            continue
+    return found
+
+
+def metrics_cached_share(played: dict[str, Any]) -> float | None:
+    """Prompt tokens served from a cache over all prompt tokens, by qfserve's own counters
+    summed over the run's phases (warm-ups included); None without them."""
+    prompt = cached = 0.0
+    for phase in played.get("metrics") or []:
+        prompt += sum(v for k, v in phase.items() if k.partition("{")[0] == PROMPT_TOKENS)
+        cached += sum(v for k, v in phase.items() if k.partition("{")[0] == CACHED_PROMPT_TOKENS)
+    return cached / prompt if prompt else None
+
+
 def variant(results: dict[str, Any], key: str) -> dict[str, Any] | None:
     return next((v for v in results.get("variants", []) if v["variant"] == key), None)
 
@@ -95,6 +130,10 @@ def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.0f}%"
 
 
+def _restart(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
+
+
 def _dist(summary: dict[str, Any]) -> str:
     d = summary["ttft_s"]
     if not d["n"]:
@@ -106,9 +145,9 @@ def variant_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         "| variant | conversations x turns | fresh TTFT ms p50 / p95 | returning p50 / p95 "
         "| returning / fresh "
-        "| after restart p50 / p95 | after restart / fresh | prompt tokens cached, returning "
-        "| errors | peak RSS MB | wall s |",
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| after restart p50 / p95 | after restart / fresh | prompt tokens cached: returning "
+        "turns (usage) | all turns (/metrics) | errors | peak RSS MB | restart s | wall s |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for played in results.get("variants", []):
         s = summaries(played)
@@ -122,8 +161,9 @@ def variant_lines(results: dict[str, Any]) -> list[str]:
             f"| {_dist(s[FRESH])} | {_dist(s[RETURNING])} "
             f"| {_x(ratio(back, fresh))} | {_dist(s[AFTER_RESTART])} "
             f"| {'-' if after is None else _x(ratio(after, fresh))} "
-            f"| {_share(s[RETURNING]['cached_share'])} | {errors} "
-            f"| {'-' if rss is None else f'{rss / 2**20:.0f}'} | {played['wall_s']:.0f} |"
+            f"| {_share(s[RETURNING]['cached_share'])} | {_share(metrics_cached_share(played))} "
+            f"| {errors} | {'-' if rss is None else f'{rss / 2**20:.0f}'} "
+            f"| {_restart(played.get('restart_s'))} | {played['wall_s']:.0f} |"
         )
     return lines
 
@@ -186,8 +226,12 @@ NOTES = [
     "  of them would take longer than the rest of the run. The disk variant plays up to the",
     "  first turn after its restart.",
     "- Prompt tokens cached: the share of the returning turns' prompt tokens the server says it",
-    "  took from its cache (`prompt_tokens_details.cached_tokens`, llama.cpp's `timings.cache_n`);",
-    "  n/a when it does not say.",
+    "  took from its cache (`prompt_tokens_details.cached_tokens`, llama.cpp's `timings.cache_n`),",
+    "  n/a when it does not say; and for qfserve, the share of all prompt tokens (every turn and",
+    "  warm-up) its `/metrics` counts as cached (`qfserve_prompt_tokens_cached_total`). The",
+    "  JSON keeps qfserve's prefix-cache metrics at the end of each phase (`metrics`).",
+    "- Restart s: from SIGTERM until the restarted server answered `/health` (a clean shutdown",
+    "  may write the RAM tier to the disk tier first).",
     "- Figures vary about 10% from run to run on this kind of machine: compare within one run.",
 ]
 

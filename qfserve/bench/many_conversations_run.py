@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 
 from qfserve.bench import peers as peer_mod
 from qfserve.bench.client import Sampling, Target
 from qfserve.bench.many_conversations import Conversations, many
-from qfserve.bench.many_conversations_report import goals
+from qfserve.bench.many_conversations_report import cache_samples, goals
 from qfserve.bench.memory import peak_rss
 from qfserve.bench.report import machine, recorded_path
 from qfserve.bench.runner import progress_bar, warm_up
@@ -187,6 +188,17 @@ async def _start(variant: Variant, options: ManyOptions, workdir: Path) -> peer_
     )  # fmt: skip
 
 
+async def cache_metrics(base_url: str) -> dict[str, float]:
+    """qfserve's prompt-token and prefix-cache samples on `GET /metrics` (name with labels:
+    value); empty when it cannot be read."""
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            response = await client.get(base_url.rstrip("/") + "/metrics")
+    except httpx.HTTPError:
+        return {}
+    return cache_samples(response.text) if response.status_code == 200 else {}
+
+
 def _target(peer: peer_mod.Peer) -> Target:
     """qfserve through its OpenAI route, as llama-server: one chunk per token on both, so the
     first token's time is measured, not estimated from a sentence segment."""
@@ -211,6 +223,9 @@ async def _run_variant(
     )
     records: list[dict[str, Any]] = []
     peaks: list[int] = []
+    # Per phase (a restart starts the server's counters again): its cache metrics at the end.
+    metrics: list[dict[str, float]] = []
+    restart_s: float | None = None
     began = time.perf_counter()
     peer = await _start(variant, options, folder)
     try:
@@ -219,7 +234,9 @@ async def _run_variant(
             for number, (first, last) in enumerate(phases):
                 if number > 0:
                     console.print(f"restarting {peer.name} after turn {first - 1}")
+                    stopping = time.perf_counter()
                     peer = await peer_mod.restart_qfserve(peer)
+                    restart_s = time.perf_counter() - stopping
                 target = _target(peer)
                 error = await warm_up(target, options.sampling)
                 if error is not None:
@@ -233,6 +250,8 @@ async def _run_variant(
                     )  # fmt: skip
                 if peak.bytes is not None:
                     peaks.append(peak.bytes)
+                if variant.server == QFSERVE:
+                    metrics.append(await cache_metrics(peer.target.base_url))
     finally:
         peer.stop()
     return {
@@ -245,5 +264,7 @@ async def _run_variant(
         "conversations": len(played),
         "wall_s": time.perf_counter() - began,
         "peak_rss_bytes": max(peaks) if peaks else None,
+        "restart_s": restart_s,
+        "metrics": metrics,
         "turns": records,
     }

@@ -29,6 +29,7 @@ from qfserve.bench.client import Dialect, Target
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
+RESTART_STOP_TIMEOUT_S = 120.0
 LLAMA_CPP_SERVER = "llama_cpp.server"
 LLAMA_SERVER = "llama-server"
 # Everything `python -m llama_cpp.server` imports beyond qfserve's own dependencies: the `server`
@@ -85,13 +86,13 @@ class Peer:
             f"{self.name} was not ready after {READY_TIMEOUT_S:.0f}s; see {self.log}"
         )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Idempotent: SIGTERM (both servers shut down cleanly on it), SIGKILL if it hangs."""
         if self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(STOP_TIMEOUT_S)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -168,9 +169,10 @@ async def start_qfserve(
 
 
 async def restart_qfserve(peer: Peer) -> Peer:
-    """Stop a started qfserve (SIGTERM: a clean shutdown) and start it again with the same
-    command, environment and data directory: same port, same app, same access token."""
-    peer.stop()
+    """Stop a started qfserve (SIGTERM: a clean shutdown, which may write a prefix cache's RAM
+    tier to its disk tier, so it is given longer) and start it again with the same command,
+    environment and data directory: same port, same app, same access token."""
+    await asyncio.to_thread(peer.stop, RESTART_STOP_TIMEOUT_S)
     process = _spawn(peer.command, peer.env, peer.log)
     again = dataclasses.replace(
         peer, process=process, target=dataclasses.replace(peer.target, pid=process.pid)

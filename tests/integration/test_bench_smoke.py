@@ -160,6 +160,14 @@ def test_tiny_many_conversations_bench(tmp_path: Path) -> None:
         # Turn 2 resends turn 1 and its answer.
         assert {t["messages"] for t in turns} == {1, 3}
         assert variant["peak_rss_bytes"] > 0
+        if variant["server"] == "qfserve":
+            # At the end of each phase: one, or two around a restart.
+            assert len(variant["metrics"]) == (1 if variant["restart_after"] is None else 2)
+            assert all(
+                any(k.startswith("qfserve_prompt_tokens_total") for k in phase)
+                for phase in variant["metrics"]
+            )
+            assert (variant["restart_s"] is None) == (variant["restart_after"] is None)
     kinds = {name: sorted({t["kind"] for t in v["turns"]}) for name, v in played.items()}
     assert kinds["ram"] == ["fresh", "returning"]
     assert kinds["no-tier"] == kinds["disk"] == ["after_restart", "fresh"]

@@ -30,7 +30,14 @@ from qfserve.bench.many_conversations import (
     many,
     schedule,
 )
-from qfserve.bench.many_conversations_report import goals, markdown, summaries, write
+from qfserve.bench.many_conversations_report import (
+    cache_samples,
+    goals,
+    markdown,
+    metrics_cached_share,
+    summaries,
+    write,
+)
 from qfserve.bench.many_conversations_run import no_tier_conversations, restart_turn, variants
 from qfserve.bench.workload import (
     DISK_TIER,
@@ -374,3 +381,26 @@ def test_many_conversations_runs_alone() -> None:
 def test_no_cached_llama_server_without_its_script(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(peers, "LLAMA_SERVER_SCRIPT", Path("/nonexistent/llama_server.sh"))
     assert peers.find_llama_server() is None
+
+
+def test_qfserve_cache_metrics_are_kept_and_give_the_cached_share() -> None:
+    text = """# HELP qfserve_prompt_tokens_total Prompt tokens.
+# TYPE qfserve_prompt_tokens_total counter
+qfserve_prompt_tokens_total{endpoint="llama_2_7b"} 1000.0
+qfserve_prompt_tokens_created{endpoint="llama_2_7b"} 1.7e9
+qfserve_prompt_tokens_cached_total{endpoint="llama_2_7b"} 600.0
+qfserve_prefix_cache_hits_total{tier="ram"} 12.0
+qfserve_generation_tokens_total{endpoint="llama_2_7b"} 50.0
+"""
+    samples = cache_samples(text)
+    assert samples == {
+        'qfserve_prompt_tokens_total{endpoint="llama_2_7b"}': 1000.0,
+        'qfserve_prompt_tokens_cached_total{endpoint="llama_2_7b"}': 600.0,
+        'qfserve_prefix_cache_hits_total{tier="ram"}': 12.0,
+    }
+    played = _variant(RAM_TIER, 0.2, 0.25, None)
+    assert metrics_cached_share(played) is None
+    # A restart starts the counters again: the phases add up.
+    played["metrics"] = [samples, {"qfserve_prompt_tokens_total": 1000.0}]
+    assert metrics_cached_share(played) == pytest.approx(0.3)
+    assert "| 30% |" in markdown(_results(played))
