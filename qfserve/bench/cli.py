@@ -7,15 +7,29 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from qfserve.bench.client import Sampling
+
 # Only what the options need at import time: `qfserve bench --help` and a bad option should not
 # pay for httpx, rich's progress or psutil.
-from qfserve.bench.workload import SCENARIOS
+from qfserve.bench.workload import (
+    ANSWER_TOKENS,
+    DEFAULT_CONVERSATIONS,
+    DEFAULT_TURNS,
+    MANY_CONVERSATIONS,
+    SCENARIOS,
+    VARIANTS,
+)
 
 _STANDARD = "Start qfserve itself on the bundled model (or --model)."
+_SCENARIOS = (
+    f"Comma-separated subset to run; or {MANY_CONVERSATIONS} alone: more conversations than "
+    "slots, qfserve with and without its prefix-cache tiers vs llama-server (its own report)."
+)
 
 
 def _levels(text: str) -> list[int]:
@@ -30,9 +44,13 @@ def _levels(text: str) -> list[int]:
 
 def _scenarios(text: str) -> tuple[str, ...]:
     chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    if MANY_CONVERSATIONS in chosen:
+        if len(chosen) > 1:
+            raise typer.BadParameter(f"{MANY_CONVERSATIONS} runs alone, with its own report")
+        return chosen
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown or not chosen:
-        raise typer.BadParameter(f"choose among {', '.join(SCENARIOS)}")
+        raise typer.BadParameter(f"choose among {', '.join(SCENARIOS)}, or {MANY_CONVERSATIONS}")
     return chosen
 
 
@@ -75,8 +93,13 @@ def bench(
         ),
     ] = None,
     max_tokens: Annotated[
-        int, typer.Option(metavar="N", help="max output tokens of every request.")
-    ] = 128,
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="max output tokens of every request (default: 128; "
+            f"{MANY_CONVERSATIONS}: {ANSWER_TOKENS}).",
+        ),
+    ] = None,
     temperature: Annotated[
         float, typer.Option(metavar="T", help="In (0, 1], as Qianfan requires.")
     ] = 0.1,
@@ -84,12 +107,35 @@ def bench(
     rounds: Annotated[
         int, typer.Option(metavar="N", help="Rounds; servers alternate within each.")
     ] = 2,
-    scenarios: Annotated[
-        str, typer.Option(metavar="LIST", help="Comma-separated subset to run.")
-    ] = ",".join(SCENARIOS),
+    scenarios: Annotated[str, typer.Option(metavar="LIST", help=_SCENARIOS)] = ",".join(SCENARIOS),
     conversations: Annotated[
-        int | None, typer.Option(metavar="N", help="Play only the first N conversations.")
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Play only the first N conversations "
+            f"({MANY_CONVERSATIONS}: play N, default {DEFAULT_CONVERSATIONS}).",
+        ),
     ] = None,
+    turns: Annotated[
+        int,
+        typer.Option(
+            metavar="T", help=f"{MANY_CONVERSATIONS}: turns of each conversation, 2 to 8."
+        ),
+    ] = DEFAULT_TURNS,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help=f"{MANY_CONVERSATIONS}: slots of every server and clients at once "
+            "(default: qfserve's engine.n_parallel).",
+        ),
+    ] = None,
+    variants: Annotated[
+        str,
+        typer.Option(
+            metavar="LIST", help=f"{MANY_CONVERSATIONS}: the variants to run, comma-separated."
+        ),
+    ] = ",".join(VARIANTS),
     clients: Annotated[
         int, typer.Option(metavar="N", help="Clients of the disconnect scenario.")
     ] = 16,
@@ -131,6 +177,13 @@ def bench(
             "and parallel sequences as qfserve, as the C++ reference.",
         ),
     ] = None,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            help="Without --llama-server: measure the llama-server that scripts/llama_server.sh "
+            "built, when it has (with --standard's load, and many-conversations)."
+        ),
+    ] = True,
     gateway: Annotated[
         bool,
         typer.Option(
@@ -165,14 +218,39 @@ def bench(
 
     console = Console(stderr=True)
     if gateway:
-        _gateway(model, threads, requests, max_tokens, temperature, seed, output, dialects, console)
+        tokens = 128 if max_tokens is None else max_tokens
+        _gateway(model, threads, requests, tokens, temperature, seed, output, dialects, console)
+        return
+    chosen = _scenarios(scenarios)
+    if not 0 < temperature <= 1:
+        raise typer.BadParameter("--temperature must be in (0, 1]")
+    many = chosen == (MANY_CONVERSATIONS,)
+    if llama_server is None and reference and ((standard and "load" in chosen) or many):
+        from qfserve.bench.peers import find_llama_server
+
+        llama_server = find_llama_server()
+        if llama_server is not None:
+            console.print(f"llama-server as the reference: {llama_server}", soft_wrap=True)
+    if many:
+        if url or openai_url:
+            raise typer.BadParameter(
+                f"{MANY_CONVERSATIONS} starts its own servers, restarting some: no --url or "
+                "--openai-url"
+            )
+        _many_conversations(
+            model=model, threads=threads, parallel=parallel, conversations=conversations,
+            turns=turns, sampling=Sampling(
+                max_tokens=ANSWER_TOKENS if max_tokens is None else max_tokens,
+                temperature=temperature, seed=seed,
+            ),
+            llama_server=llama_server, workload=workload, endpoint=endpoint,
+            variants=variants, output=output, console=console,
+        )  # fmt: skip
         return
     if standard and url:
         raise typer.BadParameter("--standard starts its own qfserve: give it or --url, not both")
     if not (standard or url or openai_url or compare or llama_server):
         raise typer.BadParameter("nothing to measure: give --standard, --url or --openai-url")
-    if not 0 < temperature <= 1:
-        raise typer.BadParameter("--temperature must be in (0, 1]")
     if url and not (access_token or (ak and sk)):
         raise typer.BadParameter("--url needs --access-token, or --ak and --sk")
     engine = EngineSettings()
@@ -180,8 +258,11 @@ def bench(
         url=url, access_token=access_token, ak=ak, sk=sk,
         openai_url=openai_url, openai_key=openai_key, endpoint=endpoint,
         concurrency=_levels(concurrency), requests=requests,
-        sampling=Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed),
-        rounds=max(1, rounds), scenarios=_scenarios(scenarios), conversations=conversations,
+        sampling=Sampling(
+            max_tokens=128 if max_tokens is None else max_tokens, temperature=temperature,
+            seed=seed,
+        ),
+        rounds=max(1, rounds), scenarios=chosen, conversations=conversations,
         disconnect_clients=clients, standard=standard, compare=compare, model=model,
         threads=threads or engine.n_threads, n_ctx=engine.context_length, pid=pid,
         workload=workload, llama_server=llama_server, n_parallel=engine.n_parallel,
@@ -204,6 +285,71 @@ def bench(
         raise typer.Exit(1) from exc
     _write(results, json_file, output)
     _show(results)
+
+
+def _many_conversations(
+    *,
+    model: Path | None,
+    threads: int | None,
+    parallel: int | None,
+    conversations: int | None,
+    turns: int,
+    sampling: Sampling,
+    llama_server: Path | None,
+    workload: Path | None,
+    endpoint: str,
+    variants: str,
+    output: Path | None,
+    console: Any,
+) -> None:
+    import asyncio
+
+    from qfserve.bench.many_conversations_report import markdown, write
+    from qfserve.bench.many_conversations_run import ManyOptions, run_many
+    from qfserve.bench.workload import default_dir
+    from qfserve.config import EngineSettings
+    from qfserve.engines.registry import bundled_model_path
+
+    chosen = tuple(dict.fromkeys(v.strip() for v in variants.split(",") if v.strip()))
+    if not chosen or any(v not in VARIANTS for v in chosen):
+        raise typer.BadParameter(f"--variants: choose among {', '.join(VARIANTS)}")
+    if not 2 <= turns <= DEFAULT_TURNS:
+        raise typer.BadParameter(f"--turns must be between 2 and {DEFAULT_TURNS}")
+    if (parallel is not None and parallel < 1) or (conversations is not None and conversations < 1):
+        raise typer.BadParameter("--parallel and --conversations must be positive")
+    if llama_server is None:
+        console.print(
+            "[yellow]no llama-server binary (--llama-server, or scripts/llama_server.sh): "
+            "its variant is left out[/yellow]"
+        )
+    engine = EngineSettings()
+    options = ManyOptions(
+        model=model or bundled_model_path(), threads=threads or engine.n_threads,
+        n_ctx=engine.context_length, parallel=parallel or engine.n_parallel,
+        conversations=conversations or DEFAULT_CONVERSATIONS, turns=turns, sampling=sampling,
+        workload=workload or default_dir(), llama_server=llama_server, endpoint=endpoint,
+        only=chosen,
+    )  # fmt: skip
+
+    async def run() -> dict[str, Any]:
+        # SIGTERM cancels the run like Ctrl-C does: the server it started is stopped on the way.
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_many(options, console)
+
+    try:
+        results = asyncio.run(run())
+    except asyncio.CancelledError as exc:
+        raise typer.Exit(128 + signal.SIGTERM) from exc
+    except (RuntimeError, OSError, ValueError) as exc:
+        console.print(f"[red]bench failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if output is None:
+        text = markdown(results, command=_command_line())
+    else:
+        text = write(results, output, _command_line())
+    typer.echo(text)
 
 
 def _gateway(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,6 +29,7 @@ from qfserve.bench.client import Dialect, Target
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
+RESTART_STOP_TIMEOUT_S = 120.0
 LLAMA_CPP_SERVER = "llama_cpp.server"
 LLAMA_SERVER = "llama-server"
 # Everything `python -m llama_cpp.server` imports beyond qfserve's own dependencies: the `server`
@@ -64,6 +66,8 @@ class Peer:
     # qfserve only: the environment its CLI needs to reach the same store, and its app.
     env: dict[str, str] = field(default_factory=dict)
     app_id: int | None = None
+    # What started it, for `restart_qfserve`.
+    command: list[str] = field(default_factory=list)
 
     async def wait_ready(self, path: str) -> None:
         url = self.target.base_url.rstrip("/") + path
@@ -82,13 +86,13 @@ class Peer:
             f"{self.name} was not ready after {READY_TIMEOUT_S:.0f}s; see {self.log}"
         )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Idempotent: SIGTERM (both servers shut down cleanly on it), SIGKILL if it hangs."""
         if self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(STOP_TIMEOUT_S)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -132,10 +136,14 @@ async def start_qfserve(
     workdir: Path,
     endpoint: str = "llama_2_7b",
     config: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Peer:
     """`qfserve serve` on a fresh data directory, with an app and an access token made for it;
-    `config`, a settings file (say, endpoints on remote upstreams)."""
+    `config`, a settings file (say, endpoints on remote upstreams); `settings`, more `QFSERVE_*`
+    environment variables (`QFSERVE_ENGINE__N_PARALLEL`...): a setting the qfserve being
+    measured does not know is ignored."""
     env = _qfserve_env(workdir, threads, config)
+    env.update(settings or {})
     keys = await qfserve_cli(env, "app", "create", "--name", "bench", "--json")
     port = free_port()
     command = [*_qfserve_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -145,7 +153,9 @@ async def start_qfserve(
     base_url = f"http://127.0.0.1:{port}"
     process = _spawn(command, env, log)
     target = Target("qfserve", Dialect.QIANFAN, base_url, endpoint)
-    peer = Peer("qfserve", process, target, log, env=env, app_id=int(keys["app_id"]))
+    peer = Peer(
+        "qfserve", process, target, log, env=env, app_id=int(keys["app_id"]), command=command
+    )
     try:
         await peer.wait_ready("/health")
         token = await fetch_access_token(base_url, keys["api_key"], keys["secret_key"])
@@ -156,6 +166,23 @@ async def start_qfserve(
         "qfserve", Dialect.QIANFAN, base_url, endpoint, access_token=token, pid=process.pid
     )
     return peer
+
+
+async def restart_qfserve(peer: Peer) -> Peer:
+    """Stop a started qfserve (SIGTERM: a clean shutdown, which may write a prefix cache's RAM
+    tier to its disk tier, so it is given longer) and start it again with the same command,
+    environment and data directory: same port, same app, same access token."""
+    await asyncio.to_thread(peer.stop, RESTART_STOP_TIMEOUT_S)
+    process = _spawn(peer.command, peer.env, peer.log)
+    again = dataclasses.replace(
+        peer, process=process, target=dataclasses.replace(peer.target, pid=process.pid)
+    )
+    try:
+        await again.wait_ready("/health")
+    except BaseException:
+        again.stop()
+        raise
+    return again
 
 
 def _qfserve_env(workdir: Path, threads: int, config: Path | None) -> dict[str, str]:
@@ -249,7 +276,8 @@ async def start_llama_server(
     endpoint: str = "llama_2_7b",
 ) -> Peer:
     """llama.cpp's own C++ server with as many slots as qfserve has sequences, each with
-    qfserve's context per sequence. It is not built by the project: pass a binary built from
+    qfserve's context per sequence, and its other settings at their defaults (its host-RAM
+    prompt cache, `--cache-ram`, among them). `scripts/llama_server.sh` builds the binary from
     the llama.cpp that llama-cpp-python vendors, to compare like with like."""
     port = free_port()
     command = [
@@ -260,6 +288,27 @@ async def start_llama_server(
     ]  # fmt: skip
     log = workdir / "llama_server.log"
     return await _start_openai_server(LLAMA_SERVER, command, port, endpoint, log, "/health")
+
+
+# Prints the cached binary's path (`--check`: only if already built); in a source checkout.
+LLAMA_SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "llama_server.sh"
+
+
+def find_llama_server() -> Path | None:
+    """The llama-server that `scripts/llama_server.sh` built and cached for the pinned
+    llama-cpp-python, if it has; never builds it."""
+    if not LLAMA_SERVER_SCRIPT.is_file():
+        return None
+    try:
+        done = subprocess.run(  # noqa: S603 - our own script, no input
+            ["bash", str(LLAMA_SERVER_SCRIPT), "--check"],  # noqa: S607 - bash from PATH
+            capture_output=True, text=True, timeout=30, check=False,
+            env={**os.environ, "PYTHON": sys.executable},
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = Path(done.stdout.strip()) if done.returncode == 0 else None
+    return found if found is not None and found.is_file() else None
 
 
 async def start_instant_upstream(*, workdir: Path, first_token_delay: float = 0.0) -> Peer:

@@ -18,8 +18,12 @@ from qfserve.bench.structured_report import structured_lines, structured_targets
 
 PRIMARY = "qfserve"
 COMPARED = "llama_cpp.server"
-# llama.cpp's C++ server, when the run was given its binary: the reference the targets come from.
+# llama.cpp's C++ server (scripts/llama_server.sh builds it): the reference the targets come from.
 REFERENCE = "llama-server"
+# qfserve's aggregate tokens/s at least llama-server's, at concurrency 1 and 8 alike, and at
+# least 1.5 x llama_cpp.server's at 8.
+VS_REFERENCE_GOAL = 1.0
+VS_COMPARED_GOAL = 1.5
 
 
 def machine() -> dict[str, Any]:
@@ -132,15 +136,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ))  # fmt: skip
     value = ratio(_tps(many), _tps(other))
     found.append(_target(
-        "b1", f"concurrency {high}: aggregate tokens/s vs {COMPARED}", value, ">= 3.0",
-        None if value is None else value >= 3.0,
+        "b1", f"concurrency {high}: aggregate tokens/s vs {COMPARED}", value,
+        f">= {VS_COMPARED_GOAL}", None if value is None else value >= VS_COMPARED_GOAL,
         f"{_fmt(_tps(many))} vs {_fmt(_tps(other))} tokens/s",
     ))  # fmt: skip
+    # How far batching goes is llama-server's to say (r1): this is context, not a goal.
     value = ratio(_tps(many), _tps(one))
     found.append(_target(
         "b2", f"concurrency {high}: aggregate tokens/s vs qfserve at concurrency 1", value,
-        ">= 1.6", None if value is None else value >= 1.6,
-        f"{_fmt(_tps(many))} vs {_fmt(_tps(one))} tokens/s",
+        "(context: r1)", None, f"{_fmt(_tps(many))} vs {_fmt(_tps(one))} tokens/s",
     ))  # fmt: skip
 
     found += _reference(results, high, one, many)
@@ -178,36 +182,36 @@ def _reference(
     one: dict[str, Any] | None,
     many: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
-    """Beside b1 and b2, the same figures for llama.cpp's C++ server on the same workload, when
-    it was measured: how far batching can go on this machine and these prompts."""
+    """qfserve against llama.cpp's C++ server on the same model, workload, threads and slots,
+    in the same run (the reference), and how far batching goes for it on this machine."""
     ref_one = _load(results, REFERENCE, 1)
     ref_many = _load(results, REFERENCE, high) if high else None
-    if ref_one is None and ref_many is None:
-        return []
+    absent = "" if ref_one or ref_many else f"; {REFERENCE} not measured (--llama-server)"
+    at_many, at_one = ratio(_tps(many), _tps(ref_many)), ratio(_tps(one), _tps(ref_one))
     return [
         _target(
             "r1",
             f"reference: {REFERENCE} at concurrency {high} vs its own concurrency 1",
             ratio(_tps(ref_many), _tps(ref_one)),
-            "(b2's bar for C++)",
+            "(context: b2's bar for C++)",
             None,
-            f"{_fmt(_tps(ref_many))} vs {_fmt(_tps(ref_one))} tokens/s",
+            f"{_fmt(_tps(ref_many))} vs {_fmt(_tps(ref_one))} tokens/s{absent}",
         ),
         _target(
             "r2",
-            f"reference: qfserve vs {REFERENCE}, both at concurrency {high}",
-            ratio(_tps(many), _tps(ref_many)),
-            "(context)",
-            None,
-            f"{_fmt(_tps(many))} vs {_fmt(_tps(ref_many))} tokens/s",
+            f"concurrency {high}: aggregate tokens/s vs {REFERENCE}",
+            at_many,
+            f">= {VS_REFERENCE_GOAL}",
+            None if at_many is None else at_many >= VS_REFERENCE_GOAL,
+            f"{_fmt(_tps(many))} vs {_fmt(_tps(ref_many))} tokens/s{absent}",
         ),
         _target(
             "r3",
-            f"reference: qfserve vs {REFERENCE}, both at concurrency 1",
-            ratio(_tps(one), _tps(ref_one)),
-            "(context)",
-            None,
-            f"{_fmt(_tps(one))} vs {_fmt(_tps(ref_one))} tokens/s",
+            f"concurrency 1: output tokens/s vs {REFERENCE}",
+            at_one,
+            f">= {VS_REFERENCE_GOAL}",
+            None if at_one is None else at_one >= VS_REFERENCE_GOAL,
+            f"{_fmt(_tps(one))} vs {_fmt(_tps(ref_one))} tokens/s{absent}",
         ),
     ]
 
@@ -330,9 +334,11 @@ NOTES = [
     "- Conversations are played side by side (turn 1 of each, then turn 2 of each...), each turn",
     "  resending the whole history with the model's own answers, trimmed so the 8th turn lands",
     "  under the 2,000-character limit; each turn's TTFT is a 2-token probe.",
-    "- r1-r3 (when llama.cpp's `llama-server` was given): the same ratios for the C++ server on",
-    "  the same workload. Prompts here are about as long as answers, and prefill does not batch",
-    "  much better than decoding on 2 cores, so no server reaches a decode-only batching gain.",
+    "- r1-r3: llama.cpp's C++ `llama-server` (built by scripts/llama_server.sh from the llama.cpp",
+    "  that llama-cpp-python vendors) on the same model, threads, slots and context per slot:",
+    "  the reference. r1 and b2 are context: prompts here are about as long as answers, and",
+    "  prefill does not batch much better than decoding on 2 cores, so no server reaches a",
+    "  decode-only batching gain.",
     "- s1-s3 (structured output): qfserve's OpenAI route, the same prompts free and with a JSON",
     "  schema, in the same run; s3 compares tokens/s per stream (answered tokens over the time",
     "  their requests took), which a stream idle at the end of a run does not dilute.",

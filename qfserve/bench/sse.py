@@ -63,6 +63,8 @@ class OpenAIChunk:
     completion_tokens: int | None
     done: bool = False
     error: str | None = None
+    # Prompt tokens the server took from its cache rather than prefilled, where it says.
+    cached_tokens: int | None = None
 
 
 def openai_chunk(payload: str) -> OpenAIChunk:
@@ -86,7 +88,17 @@ def openai_chunk(payload: str) -> OpenAIChunk:
         finish_reason=finish,
         prompt_tokens=_int(usage.get("prompt_tokens")),
         completion_tokens=_int(usage.get("completion_tokens")),
+        cached_tokens=_cached_tokens(body, usage),
     )
+
+
+def _cached_tokens(body: dict[str, Any], usage: dict[str, Any]) -> int | None:
+    """OpenAI's `usage.prompt_tokens_details.cached_tokens`, or llama.cpp's `timings.cache_n`."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and (cached := _int(details.get("cached_tokens"))) is not None:
+        return cached
+    timings = body.get("timings")
+    return _int(timings.get("cache_n")) if isinstance(timings, dict) else None
 
 
 def qianfan_output_tokens(last: QianfanEvent) -> int | None:

@@ -16,6 +16,21 @@ SPEC_TOTAL_CHARS = 2000
 # the baseline at concurrency 1), then the conversations, then structured output, then the
 # disconnect.
 SCENARIOS = ("load", "baseline", "conversation", "structured", "disconnect")
+# Run alone, with its own report: more conversations than slots, played round-robin
+# (`many_conversations`), with the defaults below.
+MANY_CONVERSATIONS = "many-conversations"
+DEFAULT_CONVERSATIONS = 64
+DEFAULT_TURNS = 8
+# Short answers keep the run short: the scenario is about time to first token, and the history
+# grows mostly by the user's questions. 16 tokens is a sentence.
+ANSWER_TOKENS = 16
+# Its variants, in the order they run and are reported: qfserve with its RAM tier at the default
+# budget, with no tier, with a disk tier; llama.cpp's llama-server with its own defaults.
+RAM_TIER = "ram"
+NO_TIER = "no-tier"
+DISK_TIER = "disk"
+LLAMA_SERVER_VARIANT = "llama-server"
+VARIANTS = (RAM_TIER, NO_TIER, DISK_TIER, LLAMA_SERVER_VARIANT)
 
 
 # The unmeasured request before a server's first run: not one of the prompts, which would then

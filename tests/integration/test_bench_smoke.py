@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qfserve.bench.peers import missing_llama_cpp_server_modules
+from qfserve.bench.peers import find_llama_server, missing_llama_cpp_server_modules
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -37,6 +37,9 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     assert results["settings"]["max_tokens"] == 16 and results["settings"]["threads"] >= 1
 
     peers = ["qfserve", "llama_cpp.server"] if compare else ["qfserve"]
+    # The reference joins by itself once scripts/llama_server.sh has built it.
+    if find_llama_server() is not None:
+        peers.append("llama-server")
     load = {(s["peer"], s["concurrency"]): s for s in results["load"]}
     assert set(load) == {(p, c) for p in peers for c in (1, 2)}
     for summary in [*load.values(), results["baseline"]]:
@@ -62,7 +65,7 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
     else:
         assert results["disconnect"]["note"].startswith("not available")
 
-    assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "c", "d"]
+    assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "r1", "r2", "r3", "c", "d"]
     assert page.read_text().startswith("# qfserve bench results")
     assert json.loads(page.with_suffix(".json").read_text()) == results
 
@@ -129,3 +132,48 @@ def test_tiny_gateway_bench(tmp_path: Path) -> None:
             assert part["paired_differences_ms"]["n"] == expected, (section, dialect)
             assert part["added_ms_p50"] is not None and part["held_back"] == 0
     assert "| pausing 100 ms | Qianfan V2 | 2 | 0 |" in text
+
+
+@pytest.mark.timeout(900)
+def test_tiny_many_conversations_bench(tmp_path: Path) -> None:
+    page = tmp_path / "CONVERSATIONS.md"
+    # llama-server only when scripts/llama_server.sh has built it: tests never build it.
+    with_llama_server = find_llama_server() is not None
+    command = [
+        sys.executable, "-m", "qfserve.bench", "--scenarios", "many-conversations",
+        "--conversations", "3", "--turns", "2", "--parallel", "2", "--max-tokens", "4",
+        "--output", str(page),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=880, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(page.with_suffix(".json").read_text())
+
+    assert results["settings"]["conversations"] == 3 and results["settings"]["parallel"] == 2
+    played = {v["variant"]: v for v in results["variants"]}
+    expected = ["ram", "no-tier", "disk", *(["llama-server"] if with_llama_server else [])]
+    assert list(played) == expected
+    for variant in played.values():
+        turns = variant["turns"]
+        assert len(turns) == 3 * 2, variant["variant"]
+        assert all(t["error"] is None for t in turns), turns
+        assert all(t["ttft_s"] > 0 and t["prompt_tokens"] > 0 for t in turns)
+        # Turn 2 resends turn 1 and its answer.
+        assert {t["messages"] for t in turns} == {1, 3}
+        assert variant["peak_rss_bytes"] > 0
+        if variant["server"] == "qfserve":
+            # At the end of each phase: one, or two around a restart.
+            assert len(variant["metrics"]) == (1 if variant["restart_after"] is None else 2)
+            assert all(
+                any(k.startswith("qfserve_prompt_tokens_total") for k in phase)
+                for phase in variant["metrics"]
+            )
+            assert (variant["restart_s"] is None) == (variant["restart_after"] is None)
+    kinds = {name: sorted({t["kind"] for t in v["turns"]}) for name, v in played.items()}
+    assert kinds["ram"] == ["fresh", "returning"]
+    assert kinds["no-tier"] == kinds["disk"] == ["after_restart", "fresh"]
+
+    found = {g["id"]: g for g in results["goals"]}
+    assert list(found) == ["m1", "m2", "m3"]
+    assert found["m1"]["value"] > 0 and found["m3"]["value"] > 0
+    assert (found["m2"]["value"] is not None) == with_llama_server
+    assert page.read_text().startswith("# qfserve bench: many conversations")

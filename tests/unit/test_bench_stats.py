@@ -219,6 +219,49 @@ def test_stream_chat_reads_a_qianfan_stream() -> None:
     assert len(record.token_times) == 5 and record.finish == "stop"
 
 
+def _closing_server(
+    failures: int, error: type[httpx.TransportError]
+) -> tuple[httpx.AsyncClient, list[int]]:
+    """A server that drops the first `failures` requests before answering, then streams "Hi"."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error("Server disconnected without sending a response.", request=request)
+        body = 'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler)), calls
+
+
+def _ask(client: httpx.AsyncClient) -> RequestRecord:
+    target = Target("llama-server", Dialect.OPENAI, "http://x/v1")
+
+    async def run() -> RequestRecord:
+        async with client:
+            return await stream_chat(
+                client, target, [{"role": "user", "content": "hi"}], Sampling()
+            )
+
+    return asyncio.run(run())
+
+
+def test_stream_chat_asks_again_once_on_a_connection_closed_before_any_response() -> None:
+    client, calls = _closing_server(1, httpx.RemoteProtocolError)
+    record = _ask(client)
+    assert record.ok and record.text == "Hi" and len(calls) == 2
+
+    client, calls = _closing_server(5, httpx.RemoteProtocolError)
+    record = _ask(client)
+    assert record.error is not None and record.error.startswith("RemoteProtocolError")
+    assert len(calls) == 2
+
+    # A server that is not there is an answer: not asked again.
+    client, calls = _closing_server(5, httpx.ConnectError)
+    assert _ask(client).error is not None and len(calls) == 1
+
+
 def test_stream_chat_reports_a_qianfan_error_body() -> None:
     target = Target("qfserve", Dialect.QIANFAN, "http://x")
     error = '{"error_code":110,"error_msg":"Access token invalid or no longer valid"}'
@@ -424,7 +467,8 @@ def test_targets_from_one_run() -> None:
     found = {t["id"]: t for t in targets(_results())}
     assert found["a"]["value"] == pytest.approx(0.9) and found["a"]["met"]
     assert found["b1"]["value"] == pytest.approx(160 / 47) and found["b1"]["met"]
-    assert found["b2"]["value"] == pytest.approx(160 / 90) and found["b2"]["met"]
+    assert found["b1"]["goal"] == ">= 1.5"
+    assert found["b2"]["value"] == pytest.approx(160 / 90) and found["b2"]["met"] is None
     assert found["c"]["value"] == pytest.approx(1.4) and found["c"]["met"]
     assert found["d"]["value"] is None and found["d"]["met"] is None
     assert found["d"]["detail"] == "not available"
@@ -432,7 +476,7 @@ def test_targets_from_one_run() -> None:
 
 def test_targets_not_measured_are_none() -> None:
     found = {t["id"]: t for t in targets({"load": [_summary("qfserve", 1, 90.0)]})}
-    assert all(found[key]["met"] is None for key in ("a", "b1", "b2", "c", "d"))
+    assert all(found[key]["met"] is None for key in ("a", "b1", "b2", "r1", "r2", "r3", "c", "d"))
 
 
 def test_markdown_report() -> None:
@@ -449,8 +493,10 @@ def test_markdown_report() -> None:
     assert "| c | 8th turn's" in page and "| 1.40 | <= 1.5 | yes |" in page
 
 
-def test_reference_rows_only_when_llama_server_was_measured() -> None:
-    assert not {"r1", "r2", "r3"} & {t["id"] for t in targets(_results())}
+def test_reference_rows_are_goals_against_llama_server() -> None:
+    unmeasured = {t["id"]: t for t in targets(_results())}
+    assert all(unmeasured[key]["met"] is None for key in ("r1", "r2", "r3"))
+    assert "llama-server not measured" in unmeasured["r2"]["detail"]
     results = _results()
     loads = results["load"]
     assert isinstance(loads, list)
@@ -463,4 +509,10 @@ def test_reference_rows_only_when_llama_server_was_measured() -> None:
     assert found["r1"]["value"] == pytest.approx(100 / 80)
     assert found["r2"]["value"] == pytest.approx(160 / 100)
     assert found["r3"]["value"] == pytest.approx(90 / 80)
-    assert all(found[key]["met"] is None for key in ("r1", "r2", "r3"))
+    assert found["r1"]["met"] is None
+    assert found["r2"]["met"] is True and found["r3"]["met"] is True
+    assert found["r2"]["goal"] == found["r3"]["goal"] == ">= 1.0"
+    assert "not measured" not in found["r2"]["detail"]
+    results["load"] = [*loads, _summary("llama-server", 1, 95.0)]
+    found = {t["id"]: t for t in targets(results)}
+    assert found["r3"]["met"] is False and found["r2"]["met"] is None
