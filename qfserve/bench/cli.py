@@ -13,7 +13,7 @@ import typer
 
 # Only what the options need at import time: `qfserve bench --help` and a bad option should not
 # pay for httpx, rich's progress or psutil.
-from qfserve.bench.workload import SCENARIOS
+from qfserve.bench.workload import SCENARIOS, default_dir
 
 _STANDARD = "Start qfserve itself on the bundled model (or --model)."
 
@@ -75,8 +75,11 @@ def bench(
         ),
     ] = None,
     max_tokens: Annotated[
-        int, typer.Option(metavar="N", help="max output tokens of every request.")
-    ] = 128,
+        int | None,
+        typer.Option(
+            metavar="N", help="max output tokens of every request (default 128; --loops 1024)."
+        ),
+    ] = None,
     temperature: Annotated[
         float, typer.Option(metavar="T", help="In (0, 1], as Qianfan requires.")
     ] = 0.1,
@@ -146,6 +149,37 @@ def bench(
             metavar="LIST", help="With --gateway: qfserve's dialects to measure, comma-separated."
         ),
     ] = "v1,openai,v2",
+    kernels: Annotated[
+        bool,
+        typer.Option(
+            help="Only compare the bundled model's weight types (--variants) in this process: "
+            "prefill, decode, a batch of 8, file size, greedy answers against the shipped Q4_1."
+        ),
+    ] = False,
+    variants: Annotated[
+        str,
+        typer.Option(
+            metavar="LIST",
+            help="With --kernels: weight types, each optionally with `:KV_TYPE` (q4_1:q8_0).",
+        ),
+    ] = "q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0",
+    loops: Annotated[
+        bool,
+        typer.Option(
+            help="Only compare loop-guard settings (--guards) in this process: looping answers "
+            "over the bench prompts and the README's examples, greedy and at default sampling."
+        ),
+    ] = False,
+    guards: Annotated[
+        str, typer.Option(metavar="LIST", help="With --loops: guard presets, comma-separated.")
+    ] = "off,dry,dry+presence",
+    prompts: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="With --kernels or --loops: only the first N prompts."),
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option(metavar="N", help="With --kernels: speed samples per round.")
+    ] = 3,
 ) -> None:
     """Measure the throughput and latency of qfserve and OpenAI-compatible servers.
 
@@ -164,6 +198,27 @@ def bench(
     from qfserve.config import EngineSettings
 
     console = Console(stderr=True)
+    if kernels or loops:
+        from qfserve.bench.engine_modes import kernels_mode, loops_mode
+
+        folder = workload or default_dir()
+        try:
+            if kernels:
+                text = kernels_mode(
+                    variants, folder, prompts, threads, rounds, repeats, max_tokens or 128,
+                    output, _command_line(), console,
+                )  # fmt: skip
+            else:
+                text = loops_mode(
+                    guards, model, folder, prompts, threads, max_tokens or 1024, output,
+                    _command_line(), console,
+                )  # fmt: skip
+        except (RuntimeError, OSError, ValueError) as exc:
+            console.print(f"[red]bench failed: {exc}[/red]")
+            raise typer.Exit(1) from exc
+        typer.echo(text)
+        return
+    max_tokens = max_tokens or 128
     if gateway:
         _gateway(model, threads, requests, max_tokens, temperature, seed, output, dialects, console)
         return
