@@ -156,13 +156,21 @@ def bench(
             "prefill, decode, a batch of 8, file size, greedy answers against the shipped Q4_1."
         ),
     ] = False,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            help="Only measure qfserve's peak RSS at concurrency 8, started on each of --variants."
+        ),
+    ] = False,
     variants: Annotated[
-        str,
+        str | None,
         typer.Option(
             metavar="LIST",
-            help="With --kernels: weight types, each optionally with `:KV_TYPE` (q4_1:q8_0).",
+            help="With --kernels or --memory: weight types, each optionally with `:KV_TYPE` and "
+            "`:CONTEXT` (q4_1:q8_0:4096). Default: q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0 "
+            "(--kernels); q4_1,q4_1:q8_0,q4_1:q8_0:4096 (--memory).",
         ),
-    ] = "q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0",
+    ] = None,
     loops: Annotated[
         bool,
         typer.Option(
@@ -198,15 +206,20 @@ def bench(
     from qfserve.config import EngineSettings
 
     console = Console(stderr=True)
-    if kernels or loops:
-        from qfserve.bench.engine_modes import kernels_mode, loops_mode
+    if kernels or loops or memory:
+        from qfserve.bench.engine_modes import kernels_mode, loops_mode, memory_mode
 
         folder = workload or default_dir()
         try:
             if kernels:
                 text = kernels_mode(
-                    variants, folder, prompts, threads, rounds, repeats, max_tokens or 128,
-                    output, _command_line(), console,
+                    variants or "q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0", folder, prompts, threads,
+                    rounds, repeats, max_tokens or 128, output, _command_line(), console,
+                )  # fmt: skip
+            elif memory:
+                text = memory_mode(
+                    variants or "q4_1,q4_1:q8_0,q4_1:q8_0:4096", folder, threads, requests,
+                    max_tokens or 128, output, _command_line(), console,
                 )  # fmt: skip
             else:
                 text = loops_mode(

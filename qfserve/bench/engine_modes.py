@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from qfserve.bench import kernels as kernels_mod
-from qfserve.bench import loopguard
+from qfserve.bench import loopguard, loops
+from qfserve.bench.client import Sampling
+from qfserve.bench.peers import start_qfserve
 from qfserve.bench.report import machine
-from qfserve.bench.workload import Prompt, load_prompts
-from qfserve.config import EngineSettings, load_settings
+from qfserve.bench.runner import run_load, warm_up
+from qfserve.bench.stats import summarize
+from qfserve.bench.workload import SPEC_TOTAL_CHARS, Prompt, load_prompts
+from qfserve.config import EndpointSettings, EngineSettings, context_needed, load_settings
 from qfserve.engines.registry import default_model_path
+
+MEMORY_LEVEL = 8
 
 
 def _prompts(folder: Path, limit: int | None) -> list[Prompt]:
@@ -132,6 +139,95 @@ def loops_mode(
     lines = _header("Loop guards", results, command, what)
     lines += loopguard.table(results)
     lines += ["", *loopguard.guard_lines()]
+    text = "\n".join(lines) + "\n"
+    _write(text, results, output)
+    return text
+
+
+def memory_mode(
+    variants_text: str,
+    folder: Path,
+    threads: int | None,
+    requests: int | None,
+    max_tokens: int,
+    output: Path | None,
+    command: str,
+    console: Console,
+) -> str:
+    """qfserve itself started on each variant in turn (a fresh data directory, its defaults
+    otherwise), the bench prompts at concurrency 8: the server's peak RSS, with tokens/s."""
+    variants = kernels_mod.parse_variants(variants_text)
+    prompts = load_prompts(folder / "prompts.json")
+    settings = load_settings()
+    n_threads = threads or settings.engine.n_threads
+    sampling = Sampling(max_tokens=max_tokens)
+    paths = {
+        v: default_model_path(
+            EngineSettings(model_quant=v.quant, n_threads=n_threads), settings.data_dir
+        )
+        for v in variants
+    }
+
+    async def measure(index: int, variant: kernels_mod.Variant, workdir: Path) -> dict[str, Any]:
+        config = workdir / "engine.toml"
+        lines = ["[engine]", f'kv_type = "{variant.kv_type}"']
+        if variant.context_length:
+            lines.append(f"context_length = {variant.context_length}")
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        console.print(f"qfserve on {variant.name}")
+        peer = await start_qfserve(
+            model=paths[variant], threads=n_threads, workdir=workdir, config=config
+        )
+        try:
+            error = await warm_up(peer.target, sampling)
+            if error is not None:
+                raise RuntimeError(f"qfserve on {variant.name} cannot answer: {error}")
+            run = await run_load(
+                peer.target, prompts, requests=requests or 32, concurrency=MEMORY_LEVEL,
+                sampling=sampling, tag=f"m{index}.",
+            )  # fmt: skip
+        except BaseException:
+            console.print(f"logs kept in {workdir}")
+            raise
+        finally:
+            peer.stop()
+        summary = summarize(run)
+        return {
+            "name": variant.name,
+            "quant": variant.quant,
+            "kv_type": variant.kv_type,
+            "context_length": variant.context_length
+            or context_needed(SPEC_TOTAL_CHARS, EndpointSettings().max_output_tokens),
+            **{k: summary[k] for k in ("requests", "errors", "output_tokens_per_s", "loops")},
+            "peak_rss_bytes": summary["peak_rss_bytes"],
+        }
+
+    async def run_all() -> list[dict[str, Any]]:
+        rows = []
+        for i, variant in enumerate(variants):
+            with tempfile.TemporaryDirectory(prefix="qfserve-memory-") as workdir:
+                rows.append(await measure(i, variant, Path(workdir)))
+        return rows
+
+    results: dict[str, Any] = {"machine": machine(), "rows": asyncio.run(run_all())}
+    results["settings"] = {"threads": n_threads, "max_tokens": max_tokens}
+    what = (
+        f"{n_threads} threads; qfserve at concurrency {MEMORY_LEVEL}, the bench prompts, at most "
+        f"{max_tokens} output tokens each; peak RSS of the server process and its children."
+    )
+    lines = _header("qfserve's memory", results, command, what)
+    lines += [
+        "| weights, KV cache | context per sequence | peak RSS MB | output tok/s | errors "
+        "| looping answers |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        rss = "-" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**20:.0f}"
+        tps = "-" if r["output_tokens_per_s"] is None else f"{r['output_tokens_per_s']:.1f}"
+        lines.append(
+            f"| {r['name']} | {r['context_length']} | {rss} | {tps} | {r['errors']} "
+            f"| {loops.cell(r['loops'])} |"
+        )
     text = "\n".join(lines) + "\n"
     _write(text, results, output)
     return text

@@ -40,24 +40,31 @@ class Variant:
 
     quant: str
     kv_type: str = "f16"
+    # Tokens per sequence (`engine.context_length`); None: the tool's own choice.
+    context_length: int | None = None
 
     @property
     def name(self) -> str:
         label = self.quant.upper()
-        return label if self.kv_type == "f16" else f"{label}, KV {self.kv_type}"
+        if self.kv_type != "f16":
+            label += f", KV {self.kv_type}"
+        return label if self.context_length is None else f"{label}, ctx {self.context_length}"
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """`q4_1,q8_0,q4_1:q8_0`: weight types, each optionally with `:` and a KV cache type."""
+    """`q4_1,q8_0,q4_1:q8_0,q4_1:q8_0:4096`: weight types, each optionally with a KV cache type
+    and a context length per sequence after colons."""
     found: list[Variant] = []
     for part in (p.strip().lower() for p in text.split(",")):
         if not part:
             continue
-        quant, _, kv_type = part.partition(":")
-        if quant not in MODEL_QUANTS:
-            raise ValueError(f"unknown weight type {quant!r}: choose among {MODEL_QUANTS}")
+        quant, kv_type, context, *rest = [*part.split(":"), "", ""]
+        if quant not in MODEL_QUANTS or any(rest):
+            raise ValueError(f"not a variant: {part!r} (weights among {', '.join(MODEL_QUANTS)})")
+        if context and not (context.isdigit() and int(context) > 0):
+            raise ValueError(f"not a context length: {context!r}")
         EngineSettings(kv_type=kv_type or "f16")  # refuses an unknown KV type
-        found.append(Variant(quant, kv_type or "f16"))
+        found.append(Variant(quant, kv_type or "f16", int(context) if context else None))
     if not found:
         raise ValueError("no variants given")
     return found
@@ -138,7 +145,10 @@ async def run_kernels(
             row = rows[variant]
             path = model_for(variant)
             settings = EngineSettings(
-                n_threads=threads, n_parallel=BATCH, context_length=2048, kv_type=variant.kv_type
+                n_threads=threads,
+                n_parallel=BATCH,
+                context_length=variant.context_length or 2048,
+                kv_type=variant.kv_type,
             )
             log(f"round {round_number}: {variant.name} ({path.name})")
             async with started(path, settings) as engine:
