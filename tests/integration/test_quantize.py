@@ -14,6 +14,7 @@ from qfserve.engines.base import GenerationRequest, SamplingParams
 from qfserve.engines.llamacpp import LlamaCppEngine
 from qfserve.engines.quantize import ensure_quantized, record_path
 from qfserve.engines.registry import bundled_model_path, default_model_path
+from qfserve.errors import EngineUnavailable
 
 pytestmark = pytest.mark.model
 
@@ -87,3 +88,12 @@ def test_a_q8_0_kv_cache_loads_and_answers() -> None:
     # arithmetic (flash attention on or off does it too) can tip a greedy answer.
     text = answer(bundled_model_path(), kv_type="q8_0")
     assert len(text.split()) >= 3, text
+
+
+def test_a_failed_requantization_leaves_nothing_behind(tmp_path: Path) -> None:
+    source = tmp_path / "broken.Q4_1.gguf"
+    source.write_bytes(b"GGUF but not really")
+    out = tmp_path / "models"
+    with pytest.raises(EngineUnavailable, match="could not requantize"):
+        ensure_quantized(source, "q4_0", out, threads=1)
+    assert sorted(p.name for p in out.iterdir()) == [".quantize.lock"]
