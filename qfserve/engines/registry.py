@@ -11,6 +11,7 @@ import anyio
 from qfserve.config import EndpointSettings, EngineSettings, default_data_dir
 from qfserve.engines.base import Engine, EngineStats
 from qfserve.engines.remote import RemoteEngine, RemoteSettings, ReplicaStats
+from qfserve.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,12 @@ def default_model_path(engine: EngineSettings, data_dir: Path | None = None) -> 
     from qfserve.engines.quantize import ensure_quantized
 
     folder = (data_dir or default_data_dir()) / "models"
-    return ensure_quantized(bundled, engine.model_quant, folder, threads=engine.n_threads)
+    try:
+        return ensure_quantized(bundled, engine.model_quant, folder, threads=engine.n_threads)
+    except (EngineUnavailable, OSError) as exc:
+        # The shipped file answers as well, only slower: better than not starting.
+        log.warning("serving the bundled model as shipped (Q4_1): %s", exc)
+        return bundled
 
 
 def model_path_for(

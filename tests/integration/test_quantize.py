@@ -97,3 +97,13 @@ def test_a_failed_requantization_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="could not requantize"):
         ensure_quantized(source, "q4_0", out, threads=1)
     assert sorted(p.name for p in out.iterdir()) == [".quantize.lock"]
+
+
+def test_the_shipped_file_is_served_when_the_data_dir_cannot_hold_the_made_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    engine = EngineSettings(model_quant="q8_0", n_threads=1)
+    assert default_model_path(engine, blocked) == bundled_model_path()
+    assert "serving the bundled model as shipped" in caplog.text
