@@ -127,7 +127,10 @@ class EngineSettings(BaseModel):
     # Tokens of context per sequence (prompt plus answer); capped by the model's training context.
     # Unset, it is sized to the embedded endpoints' limits (`context_needed`).
     context_length: int = Field(
-        default=context_needed(EndpointSettings().max_total_chars, 2048), gt=0
+        default=context_needed(
+            EndpointSettings().max_total_chars, EndpointSettings().max_output_tokens
+        ),
+        gt=0,
     )
     # The KV cache's type, for keys and values. A quantized one (q8_0: half of f16's memory)
     # turns flash attention on, which llama.cpp needs for a quantized V cache.
