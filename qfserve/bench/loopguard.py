@@ -122,10 +122,17 @@ def table(results: dict[str, Any]) -> list[str]:
 
 def guard_lines() -> list[str]:
     lines = ["| guard | settings |", "|---|---|"]
-    for name, guard in GUARDS.items():
-        on = {k: v for k, v in dataclasses.asdict(guard).items() if v != getattr(LoopGuard(), k)}
-        if guard.dry_multiplier == 0:
-            on = {k: v for k, v in on.items() if not k.startswith("dry")}
-        shown = ", ".join(f"{k} {v}" for k, v in on.items()) or "no DRY, no penalties"
-        lines.append(f"| {name} | {shown} |")
+    for name, g in GUARDS.items():
+        parts = []
+        if g.dry_multiplier > 0:
+            parts.append(
+                f"DRY multiplier {g.dry_multiplier}, base {g.dry_base}, allowed length "
+                f"{g.dry_allowed_length}, last {g.dry_last_n} tokens"
+            )
+        if g.presence_penalty or g.frequency_penalty:
+            parts.append(
+                f"presence penalty {g.presence_penalty}, frequency penalty "
+                f"{g.frequency_penalty}, last {g.penalty_last_n} tokens"
+            )
+        lines.append(f"| {name} | {'; '.join(parts) or 'no DRY, no penalties'} |")
     return lines
