@@ -8,6 +8,7 @@ environment: `QFSERVE_ENGINE__N_PARALLEL=4`.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,6 +59,18 @@ class EndpointSettings(BaseModel):
     top_p: float = 0.9
     top_k: int = 40
     penalty_score: float = 1.0
+    # The loop guard, applied to every request of the endpoint (embedded engine): llama.cpp's DRY
+    # sampler, which penalises a token that would extend a sequence already seen in the last
+    # `dry_last_n` tokens (longer than `dry_allowed_length`) by multiplier x base^(length -
+    # allowed); `dry_multiplier` 0 turns it off. And OpenAI-style presence/frequency penalties
+    # over the last `penalty_last_n` tokens (0: off).
+    dry_multiplier: float = Field(default=0.8, ge=0)
+    dry_base: float = Field(default=1.75, ge=1)
+    dry_allowed_length: int = Field(default=2, ge=1)
+    dry_last_n: int = Field(default=1024, ge=0)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    penalty_last_n: int = Field(default=64, ge=0)
     # A Jinja2 chat template overriding the GGUF's own `tokenizer.chat_template`;
     # "llama-2" selects Meta's `[INST] <<SYS>>` format.
     chat_template: str = ""
@@ -92,12 +105,40 @@ class EndpointSettings(BaseModel):
         return "Llama-2-7b-chat" if self.name == DEFAULT_ENDPOINT else self.name
 
 
+# Tokens per character of the bundled model's tokenizer, measured over the bench's prompts and
+# conversation turns: English 0.22, Chinese 1.86. Contexts are sized for the costlier language.
+TOKENS_PER_CHAR = 1.9
+# The chat template's tokens around a conversation's messages.
+TEMPLATE_TOKENS = 64
+KV_TYPES = ("f16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+MODEL_QUANTS = ("q4_1", "q4_0", "q8_0", "q4_k_m")
+
+
+def context_needed(history_chars: int, max_output_tokens: int) -> int:
+    """Tokens of context one sequence needs for `history_chars` of conversation (in the
+    tokenizer's costliest language) and the longest answer, in steps of 256."""
+    tokens = math.ceil(history_chars * TOKENS_PER_CHAR) + TEMPLATE_TOKENS + max_output_tokens
+    return -(-tokens // 256) * 256
+
+
 class EngineSettings(BaseModel):
     """The embedded llama.cpp engine."""
 
     n_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     # Tokens of context per sequence (prompt plus answer); capped by the model's training context.
-    context_length: int = 4096
+    # Unset, it is sized to the embedded endpoints' limits (`context_needed`).
+    context_length: int = Field(
+        default=context_needed(
+            EndpointSettings().max_total_chars, EndpointSettings().max_output_tokens
+        ),
+        gt=0,
+    )
+    # The KV cache's type, for keys and values. A quantized one (q8_0: half of f16's memory)
+    # turns flash attention on, which llama.cpp needs for a quantized V cache.
+    kv_type: str = "f16"
+    # The bundled model's weights: "q4_1" as shipped, or that file requantized once into
+    # `data_dir/models` (checked by hash, never downloaded) to a type with faster CPU kernels.
+    model_quant: str = "q4_1"
     # Sequences decoded together in one batch (continuous batching).
     n_parallel: int = 8
     # Requests that may wait for a free sequence; past this, or past the deadline, 336100 at once.
@@ -114,6 +155,22 @@ class EngineSettings(BaseModel):
     # its budget in MiB.
     cache_dir: str = ""
     cache_disk_mb: int = Field(default=4096, ge=0)
+
+    @field_validator("kv_type")
+    @classmethod
+    def _known_kv_type(cls, value: str) -> str:
+        if value.lower() not in KV_TYPES:
+            raise ValueError(f"engine.kv_type {value!r} is not one of {', '.join(KV_TYPES)}")
+        return value.lower()
+
+    @field_validator("model_quant")
+    @classmethod
+    def _known_quant(cls, value: str) -> str:
+        if value.lower() not in MODEL_QUANTS:
+            raise ValueError(
+                f"engine.model_quant {value!r} is not one of {', '.join(MODEL_QUANTS)}"
+            )
+        return value.lower()
 
 
 class StreamSettings(BaseModel):
@@ -296,6 +353,18 @@ class Settings(BaseSettings):
         if is_loopback(self.host) or self.admin.on_public_port:
             return "main"
         return "off"
+
+    @model_validator(mode="after")
+    def _context_for_endpoints(self) -> Settings:
+        # Unless set, the context holds the longest history and answer any embedded endpoint
+        # allows.
+        if "context_length" not in self.engine.model_fields_set:
+            embedded = [e for e in self.endpoints if e.engine == "llamacpp"]
+            if embedded:
+                self.engine.context_length = max(
+                    context_needed(e.max_total_chars, e.max_output_tokens) for e in embedded
+                )
+        return self
 
     @property
     def master_key_file(self) -> Path:

@@ -108,7 +108,9 @@ async def _reload_lists(moderators: ModeratorSource | None, every: float) -> Non
 
 def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Service:
     store = open_store(settings)
-    registry = engines or EngineRegistry.from_settings(settings.endpoints, settings.engine)
+    registry = engines or EngineRegistry.from_settings(
+        settings.endpoints, settings.engine, settings.data_dir
+    )
     logged = settings.request_log
     ledger = UsageLedger(
         store.database,

@@ -23,6 +23,7 @@ from qfserve.bench.workload import (
     MANY_CONVERSATIONS,
     SCENARIOS,
     VARIANTS,
+    default_dir,
 )
 
 _STANDARD = "Start qfserve itself on the bundled model (or --model)."
@@ -97,7 +98,7 @@ def bench(
         typer.Option(
             metavar="N",
             help="max output tokens of every request (default: 128; "
-            f"{MANY_CONVERSATIONS}: {ANSWER_TOKENS}).",
+            f"{MANY_CONVERSATIONS}: {ANSWER_TOKENS}; --loops: 1024).",
         ),
     ] = None,
     temperature: Annotated[
@@ -130,12 +131,6 @@ def bench(
             "(default: qfserve's engine.n_parallel).",
         ),
     ] = None,
-    variants: Annotated[
-        str,
-        typer.Option(
-            metavar="LIST", help=f"{MANY_CONVERSATIONS}: the variants to run, comma-separated."
-        ),
-    ] = ",".join(VARIANTS),
     clients: Annotated[
         int, typer.Option(metavar="N", help="Clients of the disconnect scenario.")
     ] = 16,
@@ -199,6 +194,46 @@ def bench(
             metavar="LIST", help="With --gateway: qfserve's dialects to measure, comma-separated."
         ),
     ] = "v1,openai,v2",
+    kernels: Annotated[
+        bool,
+        typer.Option(
+            help="Only compare the bundled model's weight types (--variants) in this process: "
+            "prefill, decode, a batch of 8, file size, greedy answers against the shipped Q4_1."
+        ),
+    ] = False,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            help="Only measure qfserve's peak RSS at concurrency 8, started on each of --variants."
+        ),
+    ] = False,
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LIST",
+            help="With --kernels or --memory: weight types, each optionally with `:KV_TYPE` and "
+            "`:CONTEXT` (q4_1:q8_0:4096). Default: q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0 "
+            "(--kernels); q4_1,q4_1:q8_0,q4_1:q8_0:4096 (--memory). With "
+            f"{MANY_CONVERSATIONS}: the variants to run (default: {','.join(VARIANTS)}).",
+        ),
+    ] = None,
+    loops: Annotated[
+        bool,
+        typer.Option(
+            help="Only compare loop-guard settings (--guards) in this process: looping answers "
+            "over the bench prompts and the README's examples, greedy and at default sampling."
+        ),
+    ] = False,
+    guards: Annotated[
+        str, typer.Option(metavar="LIST", help="With --loops: guard presets, comma-separated.")
+    ] = "off,dry,dry+presence",
+    prompts: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="With --kernels or --loops: only the first N prompts."),
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option(metavar="N", help="With --kernels: speed samples per round.")
+    ] = 3,
 ) -> None:
     """Measure the throughput and latency of qfserve and OpenAI-compatible servers.
 
@@ -217,6 +252,32 @@ def bench(
     from qfserve.config import EngineSettings
 
     console = Console(stderr=True)
+    if kernels or loops or memory:
+        from qfserve.bench.engine_modes import kernels_mode, loops_mode, memory_mode
+
+        folder = workload or default_dir()
+        try:
+            if kernels:
+                text = kernels_mode(
+                    variants or "q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0", folder, prompts, threads,
+                    rounds, repeats, max_tokens or 128, output, _command_line(), console,
+                )  # fmt: skip
+            elif memory:
+                text = memory_mode(
+                    variants or "q4_1,q4_1:q8_0,q4_1:q8_0:4096", folder, threads, requests,
+                    max_tokens or 128, output, _command_line(), console,
+                )  # fmt: skip
+            else:
+                text = loops_mode(
+                    guards, model, folder, prompts, threads, max_tokens or 1024, output,
+                    _command_line(), console,
+                )  # fmt: skip
+        except (RuntimeError, OSError, ValueError) as exc:
+            console.print(f"[red]bench failed: {exc}[/red]")
+            raise typer.Exit(1) from exc
+        typer.echo(text)
+        return
+    max_tokens = max_tokens or 128
     if gateway:
         tokens = 128 if max_tokens is None else max_tokens
         _gateway(model, threads, requests, tokens, temperature, seed, output, dialects, console)
@@ -244,7 +305,7 @@ def bench(
                 temperature=temperature, seed=seed,
             ),
             llama_server=llama_server, workload=workload, endpoint=endpoint,
-            variants=variants, output=output, console=console,
+            variants=variants or ",".join(VARIANTS), output=output, console=console,
         )  # fmt: skip
         return
     if standard and url:

@@ -154,6 +154,8 @@ class RequestRecord:
     finish: str | None = None
     text: str = ""
     error: str | None = None
+    # The prompt's language (bench/prompts.json's `lang`), for counting looping answers by it.
+    lang: str = ""
 
     @property
     def ok(self) -> bool:

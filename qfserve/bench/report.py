@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from qfserve.bench import loops
 from qfserve.bench.stats import ratio
 from qfserve.bench.structured_report import structured_lines, structured_targets
 
@@ -275,8 +276,48 @@ def markdown(results: dict[str, Any], command: str = "") -> str:
     out += _conversation_lines(results.get("conversations", []))
     out += structured_lines(results.get("structured"))
     out += _disconnect_lines(results.get("disconnect"))
+    out += loop_lines(results)
     out += ["", "## How to read this", "", *NOTES]
     return "\n".join(out) + "\n"
+
+
+def loop_rows(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(scenario, server, loop count) for every run whose answers were kept."""
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    for s in results.get("load", []):
+        if s.get("loops"):
+            rows.append((f"load at {s['concurrency']}", s["peer"], s["loops"]))
+    by_peer: dict[str, list[tuple[str, bool]]] = {}
+    for c in results.get("conversations", []):
+        verdicts = by_peer.setdefault(c["peer"], [])
+        verdicts += [(c["lang"], t["loops"]) for t in c["turns"] if t.get("loops") is not None]
+    for peer, verdicts in by_peer.items():
+        rows.append(("conversation", peer, loops.tally(verdicts)))
+    structured = results.get("structured") or {}
+    for case in structured.get("cases", []):
+        if case.get("loops"):
+            name = f"structured {case.get('case', '')} at {case['concurrency']}".replace("  ", " ")
+            rows.append((name, case["peer"], case["loops"]))
+    return rows
+
+
+def loop_lines(results: dict[str, Any]) -> list[str]:
+    rows = loop_rows(results)
+    if not rows:
+        return []
+    langs = sorted({lang for _, _, counted in rows for lang in counted["by_lang"]})
+    lines = [
+        "",
+        f"## Looping answers (fewer than {loops.MIN_DISTINCT:.0%} of the 4-grams of the second "
+        "half distinct)",
+        "",
+        "| scenario | server | all | " + " | ".join(langs) + " |",
+        "|---|---|---:|" + "---:|" * len(langs),
+    ]
+    for scenario, peer, counted in rows:
+        cells = [loops.cell(counted["by_lang"].get(lang)) for lang in langs]
+        lines.append(f"| {scenario} | {peer} | {loops.cell(counted)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _conversation_lines(conversations: list[dict[str, Any]]) -> list[str]:

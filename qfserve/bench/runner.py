@@ -114,6 +114,7 @@ async def run_lanes(
                 messages = request_messages(prompts, i, lane.tag)
                 record = await stream_chat(client, target, messages, sampling, lane.response_format)
                 record.start_s = start
+                record.lang = prompts[i % len(prompts)].lang
                 kept[i] = record
                 if progress is not None and task is not None:
                     progress.advance(task)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from qfserve.bench.client import TIMEOUT, Dialect, Sampling, Target, request_body, stream_chat
+from qfserve.bench.loops import loops
 from qfserve.bench.runner import client_for
 from qfserve.bench.sse import data_payload
 from qfserve.bench.stats import ratio
@@ -85,6 +86,7 @@ async def _play_turn(
             "prompt_tokens": probe.prompt_tokens,
             "ttft_s": probe.ttft_s,
             "answer_chars": len(answer.text),
+            "loops": loops(answer.text) if answer.ok else None,
             "error": probe.error or answer.error,
         }
     )

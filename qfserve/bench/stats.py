@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qfserve.bench import loops
 from qfserve.bench.client import RequestRecord
 
 QUANTILES = (50, 95, 99)
@@ -96,6 +97,7 @@ def summarize(run: RunResult) -> dict[str, Any]:
         "peak_rss_bytes": run.peak_rss_bytes,
         "counted_by": dict(Counter(r.counted_by for r in ok)),
         "finish": dict(Counter(r.finish or "none" for r in ok)),
+        "loops": loops.count((r.lang, r.text) for r in ok),
     }
 
 

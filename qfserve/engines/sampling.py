@@ -23,13 +23,16 @@ import llama_cpp
 import numpy as np
 from numpy.typing import NDArray
 
-from qfserve.engines.base import SamplingParams
+from qfserve.engines.base import LoopGuard, SamplingParams
 from qfserve.errors import InternalError
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's own default).
 PENALTY_LAST_N = 64
 # The likeliest tokens a refused token is resampled from (more than any top_k asked in practice).
 SHORTLIST = 64
+# Where DRY stops matching a repeated sequence (llama.cpp's own defaults): a repeated line
+# opening, a key in "key: value", quotes and markdown's bullets are not loops.
+DRY_BREAKERS = (b"\n", b":", b'"', b"*")
 _UINT32 = 0xFFFFFFFF
 _NEG_INF = -math.inf
 
@@ -44,17 +47,46 @@ def resolve_seed(request_seed: int | None, default_seed: int) -> int:
     return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & _UINT32
 
 
-def _chain(params: SamplingParams, n_vocab: int, default_seed: int) -> Any:
+def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
+    """The penalties and DRY samplers, in llama.cpp's `common_sampler` order; none if all off."""
+    guard = params.loop_guard or LoopGuard(dry_multiplier=0.0)
+    parts: list[Any] = []
+    last_n = guard.penalty_last_n if params.loop_guard else PENALTY_LAST_N
+    if last_n > 0 and (
+        params.repeat_penalty != 1.0 or guard.presence_penalty or guard.frequency_penalty
+    ):
+        parts.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab,
+                last_n,
+                params.repeat_penalty,
+                guard.frequency_penalty,
+                guard.presence_penalty,
+            )
+        )
+    if guard.dry_multiplier > 0 and guard.dry_last_n > 0:
+        if vocab is None:
+            raise InternalError("the DRY sampler needs the model's vocabulary")
+        breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*DRY_BREAKERS)
+        parts.append(
+            llama_cpp.llama_sampler_init_dry(
+                vocab,
+                guard.dry_multiplier,
+                guard.dry_base,
+                guard.dry_allowed_length,
+                guard.dry_last_n,
+                breakers,
+                len(DRY_BREAKERS),
+            )
+        )
+    return parts
+
+
+def _chain(params: SamplingParams, n_vocab: int, default_seed: int, vocab: Any = None) -> Any:
     chain_params = llama_cpp.llama_sampler_chain_default_params()
     chain_params.no_perf = True
     chain = llama_cpp.llama_sampler_chain_init(chain_params)
-    parts: list[Any] = []
-    if params.repeat_penalty != 1.0:
-        parts.append(
-            llama_cpp.llama_sampler_init_penalties(
-                n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0
-            )
-        )
+    parts = _guard_parts(params, n_vocab, vocab)
     if params.temperature <= 0:
         parts.append(llama_cpp.llama_sampler_init_greedy())
     else:
@@ -127,7 +159,8 @@ class _OneToken:
 
 
 class SequenceSampler:
-    """penalties (if repeat_penalty != 1), top_k, top_p, temp, dist; greedy if temperature <= 0.
+    """penalties (if any is on), DRY (if on), top_k, top_p, temp, dist; greedy if temperature
+    <= 0. DRY needs the model's `vocab`.
 
     With a grammar (a grammar sampler, which this object then owns and frees), every token
     sampled keeps to it. `grammar_first` masks the whole vocabulary with the grammar before every
@@ -152,8 +185,9 @@ class SequenceSampler:
         default_seed: int = -1,
         grammar: Any = None,
         grammar_first: bool = False,
+        vocab: Any = None,
     ) -> None:
-        self._chain: Any = _chain(params, n_vocab, default_seed)
+        self._chain: Any = _chain(params, n_vocab, default_seed, vocab)
         self._grammar: Any = grammar or None
         self._grammar_first = grammar_first
         self._n_vocab = n_vocab
@@ -214,6 +248,14 @@ class SequenceSampler:
         llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
         llama_cpp.llama_sampler_apply(chain, candidates.pointer)
         return candidates.selected()
+
+    def stages(self) -> list[str]:
+        """The chain's samplers by llama.cpp's names, in order (`penalties`, `dry`, ...)."""
+        chain = self._chain
+        return [
+            llama_cpp.llama_sampler_name(llama_cpp.llama_sampler_chain_get(chain, i)).decode()
+            for i in range(llama_cpp.llama_sampler_chain_n(chain))
+        ]
 
     def close(self) -> None:
         """Free the chain, the grammar and the shortlist; idempotent."""

@@ -52,6 +52,9 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
         assert summary["ttft_s"]["p50"] > 0 and summary["e2e_s"]["p99"] > 0
         assert summary["peak_rss_bytes"] > 0
     assert load[("qfserve", 1)]["counted_by"] == {"usage": 2}
+    # Every answer judged for loops, by its prompt's language (the first two prompts: en, zh).
+    assert load[("qfserve", 1)]["loops"]["answers"] == 2
+    assert set(load[("qfserve", 1)]["loops"]["by_lang"]) == {"en", "zh"}
 
     conversations = results["conversations"]
     assert {c["peer"] for c in conversations} == set(peers)
@@ -67,6 +70,7 @@ def test_tiny_standard_bench(tmp_path: Path) -> None:
 
     assert [t["id"] for t in results["targets"]] == ["a", "b1", "b2", "r1", "r2", "r3", "c", "d"]
     assert page.read_text().startswith("# qfserve bench results")
+    assert "## Looping answers" in page.read_text()
     assert json.loads(page.with_suffix(".json").read_text()) == results
 
 

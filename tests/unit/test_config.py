@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qfserve.config import load_settings
+from qfserve.config import context_needed, load_settings
 
 
 def test_toml_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +38,34 @@ def test_short_token_ttl_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_a_known_kv_type_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QFSERVE_ENGINE__KV_TYPE", "Q8_0")
+    assert load_settings().engine.kv_type == "q8_0"
+
+
+@pytest.mark.parametrize("setting", ["KV_TYPE", "MODEL_QUANT"])
+def test_an_unknown_kv_type_or_quant_is_refused_with_the_choices(
+    setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"QFSERVE_ENGINE__{setting}", "q9_9")
+    with pytest.raises(ValueError, match=rf"engine.{setting.lower()} 'q9_9' is not one of \w"):
+        load_settings()
+
+
+def test_the_context_holds_the_longest_history_and_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2,000 characters at 1.9 tokens each (the bundled tokenizer's Chinese), the template,
+    # and the 2,048 tokens of the longest answer.
+    assert context_needed(2000, 2048) == 6144
+    assert load_settings().engine.context_length == 6144
+    config = tmp_path / "qfserve.toml"
+    config.write_text(
+        '[[endpoints]]\nname = "a"\nmax_total_chars = 500\nmax_output_tokens = 1024\n'
+        '[[endpoints]]\nname = "b"\nmax_total_chars = 100\nmax_output_tokens = 512\n'
+    )
+    assert load_settings(config).engine.context_length == context_needed(500, 1024) == 2048
+    monkeypatch.setenv("QFSERVE_ENGINE__CONTEXT_LENGTH", "1000")
+    assert load_settings(config).engine.context_length == 1000

@@ -4,6 +4,7 @@ import pytest
 
 from qfserve.chat.params import RequestedSampling, resolve_sampling
 from qfserve.config import EndpointSettings
+from qfserve.engines.base import LoopGuard
 from qfserve.errors import RuleViolation
 
 ENDPOINT = EndpointSettings()
@@ -40,3 +41,20 @@ def test_asked_values_win() -> None:
 def test_out_of_range_is_336003(asked: RequestedSampling) -> None:
     with pytest.raises(RuleViolation):
         resolve_sampling(asked, ENDPOINT)
+
+
+def test_the_endpoint_loop_guard_reaches_every_request() -> None:
+    endpoint = EndpointSettings(
+        dry_multiplier=1.2, dry_base=2.0, dry_allowed_length=3, dry_last_n=256,
+        presence_penalty=0.4, frequency_penalty=0.1, penalty_last_n=128,
+    )  # fmt: skip
+    guard = resolve_sampling(RequestedSampling(temperature=0.5), endpoint).loop_guard
+    assert guard == LoopGuard(
+        dry_multiplier=1.2, dry_base=2.0, dry_allowed_length=3, dry_last_n=256,
+        presence_penalty=0.4, frequency_penalty=0.1, penalty_last_n=128,
+    )  # fmt: skip
+
+
+def test_the_default_endpoint_guards_with_dry() -> None:
+    guard = resolve_sampling(RequestedSampling(), ENDPOINT).loop_guard
+    assert guard is not None and guard.dry_multiplier > 0

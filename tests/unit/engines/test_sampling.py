@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from llama_cpp.llama_grammar import JSON_GBNF
 from numpy.typing import NDArray
 
-from qfserve.engines.base import SamplingParams
+from qfserve.engines.base import LoopGuard, SamplingParams
 from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
 from qfserve.engines.registry import bundled_model_path
@@ -182,3 +183,57 @@ def test_a_grammar_llama_cpp_cannot_use_is_an_invalid_argument(
 ) -> None:
     with pytest.raises(InvalidArgument):
         grammars.sampler(text)
+
+
+DRY = LoopGuard(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2, dry_last_n=64)
+
+
+@pytest.mark.parametrize(
+    ("params", "stages"),
+    [
+        (GREEDY, ["greedy"]),
+        (dataclasses.replace(GREEDY, loop_guard=LoopGuard()), ["greedy"]),
+        (dataclasses.replace(GREEDY, loop_guard=DRY), ["dry", "greedy"]),
+        (
+            SamplingParams(
+                max_tokens=8,
+                temperature=0.7,
+                repeat_penalty=1.1,
+                loop_guard=dataclasses.replace(DRY, presence_penalty=0.5),
+            ),
+            ["penalties", "dry", "top-k", "top-p", "temp", "dist"],
+        ),
+        (
+            dataclasses.replace(GREEDY, loop_guard=LoopGuard(frequency_penalty=0.3)),
+            ["penalties", "greedy"],
+        ),
+    ],
+)
+def test_the_loop_guard_settings_reach_the_chain(
+    model: LlamaModel, params: SamplingParams, stages: list[str]
+) -> None:
+    s = SequenceSampler(params, n_vocab=model.n_vocab, vocab=model.vocab)
+    assert s.stages() == stages
+    s.close()
+
+
+def test_dry_turns_away_from_repeating_a_sequence(model: LlamaModel) -> None:
+    apple, pear, plum, fig = (one_token(model, w) for w in (" apple", " pear", " plum", " fig"))
+    chosen = {}
+    for name, guard in (("off", None), ("dry", DRY)):
+        s = SequenceSampler(
+            dataclasses.replace(GREEDY, loop_guard=guard), n_vocab=model.n_vocab, vocab=model.vocab
+        )
+        # apple pear plum apple pear: "plum" next would repeat a sequence of three.
+        for token in (apple, pear, plum, apple, pear):
+            assert s.sample_logits(favouring(model, token)) == token
+        logits = favouring(model, plum, fig)
+        logits[fig] = logits[plum] - 0.5
+        chosen[name] = s.sample_logits(logits)
+        s.close()
+    assert chosen == {"off": plum, "dry": fig}
+
+
+def test_dry_needs_the_vocabulary(model: LlamaModel) -> None:
+    with pytest.raises(InternalError):
+        SequenceSampler(dataclasses.replace(GREEDY, loop_guard=DRY), n_vocab=model.n_vocab)

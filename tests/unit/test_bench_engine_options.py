@@ -1,0 +1,31 @@
+"""The options of `qfserve bench --kernels / --memory / --loops`. Pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from qfserve.bench.kernels import Variant, parse_variants
+from qfserve.bench.loopguard import GUARDS, guard_lines, parse_guards
+
+
+def test_variants_name_weights_kv_type_and_context() -> None:
+    assert parse_variants("q4_1, Q8_0,q4_1:q8_0,q4_0:q8_0:4096") == [
+        Variant("q4_1"),
+        Variant("q8_0"),
+        Variant("q4_1", "q8_0"),
+        Variant("q4_0", "q8_0", 4096),
+    ]
+    assert Variant("q4_0", "q8_0", 4096).name == "Q4_0, KV q8_0, ctx 4096"
+
+
+@pytest.mark.parametrize("text", ["", "q5_k", "q4_1:q9", "q4_1:f16:big", "q4_1:f16:1:2"])
+def test_a_wrong_variant_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_variants(text)
+
+
+def test_guards_are_presets() -> None:
+    assert parse_guards("off, dry") == ["off", "dry"]
+    with pytest.raises(ValueError, match="choose among"):
+        parse_guards("off,nope")
+    assert len(guard_lines()) == 2 + len(GUARDS)
