@@ -134,11 +134,15 @@ class EngineSettings(BaseModel):
         gt=0,
     )
     # The KV cache's type, for keys and values. A quantized one (q8_0: half of f16's memory)
-    # turns flash attention on, which llama.cpp needs for a quantized V cache.
-    kv_type: str = "f16"
+    # turns flash attention on, which llama.cpp needs for a quantized V cache. q8_0 by default:
+    # on the bench prompts it changed greedy answers no more than a change of kernels does, and
+    # decoded as fast as f16 (bench/KERNELS.md, bench/MEMORY.md).
+    kv_type: str = "q8_0"
     # The bundled model's weights: "q4_1" as shipped, or that file requantized once into
     # `data_dir/models` (checked by hash, never downloaded) to a type with faster CPU kernels.
-    model_quant: str = "q4_1"
+    # Q4_0 by default: llama.cpp repacks it and runs its fast matrix kernels, which Q4_1 gets none
+    # of, with as many looping answers on the bench prompts (bench/KERNELS.md).
+    model_quant: str = "q4_0"
     # Sequences decoded together in one batch (continuous batching).
     n_parallel: int = 8
     # Requests that may wait for a free sequence; past this, or past the deadline, 336100 at once.

@@ -68,9 +68,12 @@ class BenchOptions:
 def _model_path(options: BenchOptions) -> Path:
     if options.model is not None:
         return options.model
-    from qfserve.engines.registry import bundled_model_path
+    # The file qfserve's own defaults serve (the bundled model, requantized as
+    # `engine.model_quant` asks), so that every server measured runs the same weights.
+    from qfserve.config import EngineSettings
+    from qfserve.engines.registry import default_model_path
 
-    return bundled_model_path()
+    return default_model_path(EngineSettings())
 
 
 def _settings(options: BenchOptions, model: Path | None) -> dict[str, Any]:
