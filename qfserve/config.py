@@ -134,10 +134,9 @@ class EngineSettings(BaseModel):
         gt=0,
     )
     # The KV cache's type, for keys and values. A quantized one (q8_0: half of f16's memory)
-    # turns flash attention on, which llama.cpp needs for a quantized V cache. q8_0 by default:
-    # on the bench prompts it changed greedy answers no more than a change of kernels does, and
-    # decoded as fast as f16 (bench/KERNELS.md, bench/MEMORY.md).
-    kv_type: str = "q8_0"
+    # turns flash attention on, which llama.cpp needs for a quantized V cache. f16 by default:
+    # q8_0 tips the bundled model's greedy answers to factual questions (bench/KERNELS.md).
+    kv_type: str = "f16"
     # The bundled model's weights: "q4_1" as shipped, or that file requantized once into
     # `data_dir/models` (checked by hash, never downloaded) to a type with faster CPU kernels.
     # Q4_0 by default: llama.cpp repacks it and runs its fast matrix kernels, which Q4_1 gets none
