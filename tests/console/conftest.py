@@ -40,7 +40,9 @@ STREAMED = Script(
 expect.set_options(timeout=15_000)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an event loop in the main thread while
+# it is open, and the tests after these call asyncio.run(), which refuses to run inside one.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: run `bash scripts/services.sh`")
@@ -48,7 +50,7 @@ def playwright() -> Iterator[Playwright]:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     launched = playwright.chromium.launch(
         executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
