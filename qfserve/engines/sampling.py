@@ -47,6 +47,16 @@ def resolve_seed(request_seed: int | None, default_seed: int) -> int:
     return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & _UINT32
 
 
+def _guard_parts_wanted(params: SamplingParams) -> bool:
+    """Whether `_guard_parts` adds any sampler: penalties or DRY."""
+    guard = params.loop_guard or LoopGuard(dry_multiplier=0.0)
+    last_n = guard.penalty_last_n if params.loop_guard else PENALTY_LAST_N
+    penalties = last_n > 0 and (
+        params.repeat_penalty != 1.0 or bool(guard.presence_penalty or guard.frequency_penalty)
+    )
+    return penalties or (guard.dry_multiplier > 0 and guard.dry_last_n > 0)
+
+
 def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
     """The penalties and DRY samplers, in llama.cpp's `common_sampler` order; none if all off."""
     guard = params.loop_guard or LoopGuard(dry_multiplier=0.0)
@@ -174,6 +184,7 @@ class SequenceSampler:
         "_n_vocab",
         "_one",
         "_shortlist",
+        "_shortlisted",
         "resamples",
     )
 
@@ -188,6 +199,9 @@ class SequenceSampler:
         vocab: Any = None,
     ) -> None:
         self._chain: Any = _chain(params, n_vocab, default_seed, vocab)
+        # A loop guard or penalty changes logits before the chain's cut: the model's raw
+        # likeliest tokens are then not the chain's, and a shortlist of them could miss its pick.
+        self._shortlisted = not _guard_parts_wanted(params)
         self._grammar: Any = grammar or None
         self._grammar_first = grammar_first
         self._n_vocab = n_vocab
@@ -232,6 +246,11 @@ class SequenceSampler:
         vocabulary (the grammar over every token costs milliseconds; over the shortlist, not)."""
         candidates, chain, grammar = self._candidates, self._chain, self._grammar
         assert candidates is not None
+        if not self._shortlisted:
+            candidates.fill(logits)
+            llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+            llama_cpp.llama_sampler_apply(chain, candidates.pointer)
+            return candidates.selected()
         if self._shortlist is None:
             self._shortlist = llama_cpp.llama_sampler_init_top_k(SHORTLIST)
         candidates.fill(logits)

@@ -113,16 +113,23 @@ class Twins:
     made: ClassVar[list[Twins]] = []
 
     def __init__(
-        self, params: SamplingParams, *, n_vocab: int, default_seed: int, grammar: Any
+        self,
+        params: SamplingParams,
+        *,
+        n_vocab: int,
+        default_seed: int,
+        grammar: Any,
+        vocab: Any = None,
     ) -> None:
         self.n_vocab = n_vocab
         self.fast = SequenceSampler(
-            params, n_vocab=n_vocab, default_seed=default_seed, grammar=grammar
+            params, n_vocab=n_vocab, default_seed=default_seed, grammar=grammar, vocab=vocab
         )
         self.first = SequenceSampler(
             params,
             n_vocab=n_vocab,
             default_seed=default_seed,
+            vocab=vocab,
             grammar=llama_cpp.llama_sampler_clone(grammar) if grammar else None,
             grammar_first=True,
         )
