@@ -6,6 +6,7 @@ import json
 import shlex
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -243,7 +244,6 @@ def bench(
     Each is checked against qfserve's performance targets (listed in the report and in
     bench/README.md).
     """
-    import asyncio
 
     from rich.console import Console
 
@@ -329,21 +329,7 @@ def bench(
         workload=workload, llama_server=llama_server, n_parallel=engine.n_parallel,
     )  # fmt: skip
 
-    async def run() -> dict[str, Any]:
-        # SIGTERM (a timeout's, a CI runner's) cancels the run like Ctrl-C does, so that the
-        # servers it started are stopped on the way out rather than left running.
-        task = asyncio.current_task()
-        if task is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run_suite(options, console)
-
-    try:
-        results = asyncio.run(run())
-    except asyncio.CancelledError as exc:
-        raise typer.Exit(128 + signal.SIGTERM) from exc
-    except (RuntimeError, OSError, ValueError) as exc:
-        console.print(f"[red]bench failed: {exc}[/red]")
-        raise typer.Exit(1) from exc
+    results = _run_stoppable(run_suite(options, console), console)
     _write(results, json_file, output)
     _show(results)
 
@@ -363,7 +349,6 @@ def _many_conversations(
     output: Path | None,
     console: Any,
 ) -> None:
-    import asyncio
 
     from qfserve.bench.many_conversations_report import markdown, write
     from qfserve.bench.many_conversations_run import ManyOptions, run_many
@@ -392,20 +377,7 @@ def _many_conversations(
         only=chosen,
     )  # fmt: skip
 
-    async def run() -> dict[str, Any]:
-        # SIGTERM cancels the run like Ctrl-C does: the server it started is stopped on the way.
-        task = asyncio.current_task()
-        if task is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run_many(options, console)
-
-    try:
-        results = asyncio.run(run())
-    except asyncio.CancelledError as exc:
-        raise typer.Exit(128 + signal.SIGTERM) from exc
-    except (RuntimeError, OSError, ValueError) as exc:
-        console.print(f"[red]bench failed: {exc}[/red]")
-        raise typer.Exit(1) from exc
+    results = _run_stoppable(run_many(options, console), console)
     if output is None:
         text = markdown(results, command=_command_line())
     else:
@@ -500,3 +472,23 @@ def main() -> None:
     command = typer.Typer(add_completion=False, **TYPER_OPTIONS)
     command.command()(bench)
     command()
+
+
+def _run_stoppable(run: Coroutine[Any, Any, dict[str, Any]], console: Any) -> dict[str, Any]:
+    """Run a bench to its results. SIGTERM (a timeout's, a CI runner's) cancels it like Ctrl-C
+    does, so that the servers it started are stopped on the way out rather than left running."""
+    import asyncio
+
+    async def stoppable() -> dict[str, Any]:
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run
+
+    try:
+        return asyncio.run(stoppable())
+    except asyncio.CancelledError as exc:
+        raise typer.Exit(128 + signal.SIGTERM) from exc
+    except (RuntimeError, OSError, ValueError) as exc:
+        console.print(f"[red]bench failed: {exc}[/red]")
+        raise typer.Exit(1) from exc
