@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from qfserve.store.database import Database
 from tests.inprocess import InProcess, running
+from tests.pg_server import running_postgres
 
 
 @pytest.fixture
@@ -28,3 +30,19 @@ def fresh(shared_qf: InProcess) -> Iterator[InProcess]:
     shared_qf.client.cookies.clear()
     yield shared_qf
     shared_qf.client.cookies.clear()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated store, on SQLite and on a private PostgreSQL."""
+    if request.param == "sqlite":
+        found = Database(f"sqlite:///{tmp_path / 'admin.db'}")
+        found.upgrade()
+        yield found
+        found.close()
+        return
+    with running_postgres() as url:
+        found = Database(url)
+        found.upgrade()
+        yield found
+        found.close()

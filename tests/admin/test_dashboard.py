@@ -4,9 +4,7 @@ percentiles to two significant digits, filters, and the bound on buckets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
@@ -14,24 +12,8 @@ from sqlalchemy import insert
 from qfserve.admin.stats import MAX_BUCKETS, Dashboard, bucket_starts, percentile
 from qfserve.store.database import Database
 from qfserve.store.schema import UsageRow
-from tests.pg_server import running_postgres
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        found = Database(f"sqlite:///{tmp_path / 'dash.db'}")
-        found.upgrade()
-        yield found
-        found.close()
-        return
-    with running_postgres() as url:
-        found = Database(url)
-        found.upgrade()
-        yield found
-        found.close()
 
 
 def _row(

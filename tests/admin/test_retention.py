@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, event, func, insert, select
@@ -14,24 +13,8 @@ from sqlalchemy import Engine, event, func, insert, select
 from qfserve.admin.request_log import RequestLogPruner
 from qfserve.store.database import Database
 from qfserve.store.schema import RequestLogRow, UsageRow
-from tests.pg_server import running_postgres
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        found = Database(f"sqlite:///{tmp_path / 'log.db'}")
-        found.upgrade()
-        yield found
-        found.close()
-        return
-    with running_postgres() as url:
-        found = Database(url)
-        found.upgrade()
-        yield found
-        found.close()
 
 
 def _fill(database: Database, ages_in_days: list[float]) -> list[int]:
