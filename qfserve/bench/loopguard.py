@@ -34,6 +34,9 @@ GUARDS: dict[str, LoopGuard] = {
     "dry-strong": dataclasses.replace(_DRY, dry_multiplier=1.5),
     "presence": LoopGuard(presence_penalty=0.6, penalty_last_n=256),
     "dry+presence": dataclasses.replace(_DRY, presence_penalty=0.3, penalty_last_n=256),
+    "dry-strong+presence": dataclasses.replace(
+        _DRY, dry_multiplier=1.5, presence_penalty=0.3, penalty_last_n=256
+    ),
 }
 DEFAULT_GUARDS = "off,dry,dry+presence"
 SAMPLINGS = ("greedy", "default")

@@ -72,7 +72,7 @@ def variants(
     """qfserve with its RAM tier at its default budget; with no tier at all (and a restart half-way,
     whose next turn is the restart's figure without a disk tier: with no tier, a restart loses
     nothing more); with a disk tier, up to the first turn after a restart half-way; and
-    llama-server with its own defaults (its host-RAM prompt cache among them)."""
+    llama-server with its own cache defaults (its host-RAM prompt cache among them)."""
     k = restart_turn(turns)
     found = [
         Variant(RAM_TIER, "qfserve, RAM tier at its default budget", QFSERVE, turns),

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from qfserve.bench.client import Dialect, Target
+from qfserve.config import EndpointSettings, EngineSettings
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 READY_TIMEOUT_S = 180.0
@@ -276,18 +277,37 @@ async def start_llama_server(
     endpoint: str = "llama_2_7b",
 ) -> Peer:
     """llama.cpp's own C++ server with as many slots as qfserve has sequences, each with
-    qfserve's context per sequence, and its other settings at their defaults (its host-RAM
-    prompt cache, `--cache-ram`, among them). `scripts/llama_server.sh` builds the binary from
-    the llama.cpp that llama-cpp-python vendors, to compare like with like."""
+    qfserve's context per sequence, qfserve's default loop guard and KV cache type, and its
+    other settings at their defaults (its host-RAM prompt cache, `--cache-ram`, among them).
+    `scripts/llama_server.sh` builds the binary from the llama.cpp that llama-cpp-python
+    vendors, to compare like with like."""
     port = free_port()
     command = [
         str(binary), "--model", str(model), "--alias", endpoint,
         "--threads", str(threads), "--threads-batch", str(threads),
         "--parallel", str(n_parallel), "--ctx-size", str(n_parallel * n_ctx),
         "--host", "127.0.0.1", "--port", str(port),
+        *qfserve_sampling_flags(),
     ]  # fmt: skip
     log = workdir / "llama_server.log"
     return await _start_openai_server(LLAMA_SERVER, command, port, endpoint, log, "/health")
+
+
+def qfserve_sampling_flags() -> list[str]:
+    """llama-server's flags for what qfserve's embedded endpoints do by default beyond the
+    request's own sampling: the DRY loop guard, the penalties, and the KV cache's type. Its DRY
+    sequence breakers are already qfserve's."""
+    endpoint, engine = EndpointSettings(), EngineSettings()
+    return [
+        "--dry-multiplier", str(endpoint.dry_multiplier),
+        "--dry-base", str(endpoint.dry_base),
+        "--dry-allowed-length", str(endpoint.dry_allowed_length),
+        "--dry-penalty-last-n", str(endpoint.dry_last_n),
+        "--presence-penalty", str(endpoint.presence_penalty),
+        "--frequency-penalty", str(endpoint.frequency_penalty),
+        "--repeat-last-n", str(endpoint.penalty_last_n),
+        "--cache-type-k", engine.kv_type, "--cache-type-v", engine.kv_type,
+    ]  # fmt: skip
 
 
 # Prints the cached binary's path (`--check`: only if already built); in a source checkout.

@@ -1,4 +1,4 @@
-"""The options of `qfserve bench --kernels / --memory / --loops`. Pure."""
+"""The options of `qfserve bench --kernels / --memory / --loops`, and the peers' flags. Pure."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import pytest
 
 from qfserve.bench.kernels import Variant, parse_variants
 from qfserve.bench.loopguard import GUARDS, guard_lines, parse_guards
+from qfserve.bench.peers import qfserve_sampling_flags
+from qfserve.config import EndpointSettings, EngineSettings
 
 
 def test_variants_name_weights_kv_type_and_context() -> None:
@@ -29,3 +31,12 @@ def test_guards_are_presets() -> None:
     with pytest.raises(ValueError, match="choose among"):
         parse_guards("off,nope")
     assert len(guard_lines()) == 2 + len(GUARDS)
+
+
+def test_llama_server_samples_with_qfserves_loop_guard() -> None:
+    flags = qfserve_sampling_flags()
+    given = dict(zip(flags[::2], flags[1::2], strict=True))
+    endpoint = EndpointSettings()
+    assert float(given["--dry-multiplier"]) == endpoint.dry_multiplier > 0
+    assert int(given["--dry-penalty-last-n"]) == endpoint.dry_last_n
+    assert given["--cache-type-k"] == given["--cache-type-v"] == EngineSettings().kv_type
