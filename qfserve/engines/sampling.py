@@ -11,6 +11,10 @@ masked by the grammar only when none of those is allowed. Greedy picks the same 
 way (the likeliest allowed token is on the shortlist whenever any allowed token is); with a
 temperature, a resampled token is drawn from the allowed part of the shortlist, which top_k and
 top_p would cut the vocabulary to in any case.
+
+A loop guard (penalties, DRY) changes logits before the chain cuts them, so with a grammar it runs
+as a chain of its own ahead of the shortlist: the shortlist is then of the guarded logits, the
+ones the chain would choose from.
 """
 
 from __future__ import annotations
@@ -45,16 +49,6 @@ def resolve_seed(request_seed: int | None, default_seed: int) -> int:
     """A uint32 seed; a negative one means llama.cpp's LLAMA_DEFAULT_SEED, i.e. random."""
     seed = default_seed if request_seed is None else request_seed
     return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & _UINT32
-
-
-def _guard_parts_wanted(params: SamplingParams) -> bool:
-    """Whether `_guard_parts` adds any sampler: penalties or DRY."""
-    guard = params.loop_guard or LoopGuard(dry_multiplier=0.0)
-    last_n = guard.penalty_last_n if params.loop_guard else PENALTY_LAST_N
-    penalties = last_n > 0 and (
-        params.repeat_penalty != 1.0 or bool(guard.presence_penalty or guard.frequency_penalty)
-    )
-    return penalties or (guard.dry_multiplier > 0 and guard.dry_last_n > 0)
 
 
 def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
@@ -92,11 +86,19 @@ def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
     return parts
 
 
-def _chain(params: SamplingParams, n_vocab: int, default_seed: int, vocab: Any = None) -> Any:
+def _new_chain(parts: list[Any]) -> Any:
     chain_params = llama_cpp.llama_sampler_chain_default_params()
     chain_params.no_perf = True
     chain = llama_cpp.llama_sampler_chain_init(chain_params)
-    parts = _guard_parts(params, n_vocab, vocab)
+    for part in parts:
+        # The chain takes ownership: freeing the chain frees its parts.
+        llama_cpp.llama_sampler_chain_add(chain, part)
+    return chain
+
+
+def _choice_parts(params: SamplingParams, default_seed: int) -> list[Any]:
+    """The samplers that cut the candidates and choose one: greedy, or top_k, top_p, temp, dist."""
+    parts: list[Any] = []
     if params.temperature <= 0:
         parts.append(llama_cpp.llama_sampler_init_greedy())
     else:
@@ -106,10 +108,7 @@ def _chain(params: SamplingParams, n_vocab: int, default_seed: int, vocab: Any =
             parts.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         parts.append(llama_cpp.llama_sampler_init_temp(params.temperature))
         parts.append(llama_cpp.llama_sampler_init_dist(resolve_seed(params.seed, default_seed)))
-    for part in parts:
-        # The chain takes ownership: freeing the chain frees its parts.
-        llama_cpp.llama_sampler_chain_add(chain, part)
-    return chain
+    return parts
 
 
 class _Candidates:
@@ -181,10 +180,11 @@ class SequenceSampler:
         "_chain",
         "_grammar",
         "_grammar_first",
+        "_guard",
         "_n_vocab",
         "_one",
         "_shortlist",
-        "_shortlisted",
+        "masked_vocabularies",
         "resamples",
     )
 
@@ -198,18 +198,26 @@ class SequenceSampler:
         grammar_first: bool = False,
         vocab: Any = None,
     ) -> None:
-        self._chain: Any = _chain(params, n_vocab, default_seed, vocab)
-        # A loop guard or penalty changes logits before the chain's cut: the model's raw
-        # likeliest tokens are then not the chain's, and a shortlist of them could miss its pick.
-        self._shortlisted = not _guard_parts_wanted(params)
+        guard_parts = _guard_parts(params, n_vocab, vocab)
+        choice_parts = _choice_parts(params, default_seed)
+        # Without a grammar one chain does it all, sampled by llama.cpp in one call; with one, the
+        # guard is a chain of its own, for the resample's shortlist to come after it.
+        self._guard: Any = None
+        if grammar and guard_parts:
+            self._guard = _new_chain(guard_parts)
+            self._chain: Any = _new_chain(choice_parts)
+        else:
+            self._chain = _new_chain(guard_parts + choice_parts)
         self._grammar: Any = grammar or None
         self._grammar_first = grammar_first
         self._n_vocab = n_vocab
         self._candidates: _Candidates | None = None
         self._one: _OneToken | None = None
         self._shortlist: Any = None
-        # How many tokens the grammar refused, each sampled again from the allowed ones.
+        # How many tokens the grammar refused, each sampled again from the allowed ones; and of
+        # those, how many the shortlist held no allowed token for (the whole vocabulary masked).
         self.resamples = 0
+        self.masked_vocabularies = 0
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample (and accept) a token from the logits of batch position `index`."""
@@ -223,7 +231,7 @@ class SequenceSampler:
         if self._candidates is None:
             self._candidates, self._one = _Candidates(self._n_vocab), _OneToken()
         candidates, chain, grammar = self._candidates, self._chain, self._grammar
-        candidates.fill(logits)
+        self._fill_guarded(logits)
         if grammar is not None and self._grammar_first:
             llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
         llama_cpp.llama_sampler_apply(chain, candidates.pointer)
@@ -238,22 +246,27 @@ class SequenceSampler:
             if logit == _NEG_INF:
                 raise InternalError("the answer's grammar allows no next token")
             llama_cpp.llama_sampler_accept(grammar, token)
+        if self._guard is not None:
+            llama_cpp.llama_sampler_accept(self._guard, token)
         llama_cpp.llama_sampler_accept(chain, token)
         return token
+
+    def _fill_guarded(self, logits: NDArray[np.float32]) -> None:
+        """The candidates from `logits`, penalised by the loop guard when it runs apart."""
+        candidates = self._candidates
+        assert candidates is not None
+        candidates.fill(logits)
+        if self._guard is not None:
+            llama_cpp.llama_sampler_apply(self._guard, candidates.pointer)
 
     def _resample(self, logits: NDArray[np.float32]) -> tuple[int, float]:
         """A token the grammar allows: from the shortlist if it holds one, else from the whole
         vocabulary (the grammar over every token costs milliseconds; over the shortlist, not)."""
         candidates, chain, grammar = self._candidates, self._chain, self._grammar
         assert candidates is not None
-        if not self._shortlisted:
-            candidates.fill(logits)
-            llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
-            llama_cpp.llama_sampler_apply(chain, candidates.pointer)
-            return candidates.selected()
         if self._shortlist is None:
             self._shortlist = llama_cpp.llama_sampler_init_top_k(SHORTLIST)
-        candidates.fill(logits)
+        self._fill_guarded(logits)
         llama_cpp.llama_sampler_apply(self._shortlist, candidates.pointer)
         llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
         # The grammar's -inf leaves the shortlist out of order: a top_k that trusted the flag
@@ -263,21 +276,26 @@ class SequenceSampler:
         token, logit = candidates.selected()
         if logit != _NEG_INF:
             return token, logit
-        candidates.fill(logits)
+        self.masked_vocabularies += 1
+        self._fill_guarded(logits)
         llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
         llama_cpp.llama_sampler_apply(chain, candidates.pointer)
         return candidates.selected()
 
     def stages(self) -> list[str]:
         """The chain's samplers by llama.cpp's names, in order (`penalties`, `dry`, ...)."""
-        chain = self._chain
+        chains = [c for c in (self._guard, self._chain) if c]
         return [
             llama_cpp.llama_sampler_name(llama_cpp.llama_sampler_chain_get(chain, i)).decode()
+            for chain in chains
             for i in range(llama_cpp.llama_sampler_chain_n(chain))
         ]
 
     def close(self) -> None:
-        """Free the chain, the grammar and the shortlist; idempotent."""
+        """Free the chains, the grammar and the shortlist; idempotent."""
+        if self._guard:
+            llama_cpp.llama_sampler_free(self._guard)
+            self._guard = None
         if self._chain:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None

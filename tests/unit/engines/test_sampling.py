@@ -109,17 +109,51 @@ def test_greedy_picks_what_the_grammar_first_chain_picks(
     model: LlamaModel, grammars: GrammarCache
 ) -> None:
     rng = np.random.default_rng(3)
+    guarded = [
+        SamplingParams(max_tokens=64, temperature=0.0, repeat_penalty=1.5),
+        dataclasses.replace(GREEDY, loop_guard=DRY),
+        dataclasses.replace(GREEDY, loop_guard=dataclasses.replace(DRY, presence_penalty=1.0)),
+    ]
+    kept_own_choice = 0
     for grammar in (WORDS, JSON_GBNF):
-        for params in (GREEDY, SamplingParams(max_tokens=64, temperature=0.0, repeat_penalty=1.5)):
-            fast = sampler(model, grammars, grammar, params)
-            first = sampler(model, grammars, grammar, params, grammar_first=True)
+        for params in (GREEDY, *guarded):
+            fast = sampler(model, grammars, grammar, params, vocab=model.vocab)
+            first = sampler(model, grammars, grammar, params, grammar_first=True, vocab=model.vocab)
             for _ in range(40):
                 logits = rng.normal(0.0, 3.0, model.n_vocab).astype(np.float32)
                 assert fast.sample_logits(logits) == first.sample_logits(logits)
-            # Both ways were taken: the model's own choice, and a masked resample.
-            assert 0 < fast.resamples < 40, grammar
+            assert fast.resamples > 0, grammar
+            kept_own_choice += fast.resamples < 40
             fast.close()
             first.close()
+    # Both ways were taken: the model's own choice, and a masked resample.
+    assert kept_own_choice
+
+
+def test_a_loop_guard_keeps_the_resample_on_the_shortlist(
+    model: LlamaModel, grammars: GrammarCache
+) -> None:
+    """The guard's penalties come before the shortlist, so the resample finds the allowed token
+    the chain would choose on it, without masking the whole vocabulary."""
+    maybe, no, yes = (one_token(model, w) for w in ("maybe", "no", "yes"))
+    params = dataclasses.replace(
+        GREEDY, loop_guard=LoopGuard(dry_multiplier=0.0, presence_penalty=2.0, penalty_last_n=8)
+    )
+    twins = [
+        sampler(model, grammars, 'root ::= ("yes" | "no")+', params, vocab=model.vocab, **options)
+        for options in ({}, {"grammar_first": True})
+    ]
+    assert twins[0].stages() == ["penalties", "greedy"]
+    # "no" is said; then the grammar refuses the favourite, "maybe", and the presence penalty
+    # puts "yes" ahead of "no" among the allowed tokens.
+    logits = favouring(model, maybe, no, yes)
+    logits[no], logits[yes] = 9.0, 8.5
+    for s in twins:
+        assert s.sample_logits(favouring(model, no)) == no
+        assert s.sample_logits(logits) == yes
+    assert (twins[0].resamples, twins[0].masked_vocabularies) == (1, 0)
+    for s in twins:
+        s.close()
 
 
 def test_sampled_tokens_keep_to_the_grammar_and_follow_the_seed(
