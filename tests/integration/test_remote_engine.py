@@ -106,6 +106,7 @@ class FakeUpstream:
     # Chat deltas sent after the chunks' (tool call fragments, say).
     deltas: list[dict[str, Any]] = field(default_factory=list)
     gate_after: int = 0
+    gap: float = 0.0  # seconds between two chunks
     health: dict[str, int] = field(default_factory=dict)  # "name/path": status
     posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     gets: list[str] = field(default_factory=list)
@@ -192,6 +193,8 @@ class FakeUpstream:
         if chat:
             yield event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
         for n, text in enumerate(self.chunks):
+            if n and self.gap:
+                await asyncio.sleep(self.gap)
             part = {"delta": {"content": text}} if chat else {"text": text}
             yield event({"choices": [{"index": 0, **part, "finish_reason": None}]})
             if n == 0 and behavior == "die":
@@ -497,6 +500,39 @@ def test_failure_after_the_first_token_ends_with_an_error() -> None:
             await engine.close()
         assert text_of(got) == "Hel"
         assert fake.served("b") == 0  # the client holds part of an answer: no retry
+        assert engine.replica_stats()[0].failures == 1
+
+    run(scenario())
+
+
+def test_the_read_timeout_runs_from_chunk_to_chunk() -> None:
+    """Chunks that each come within the read timeout make an answer, however long it takes."""
+
+    async def scenario() -> None:
+        fake = FakeUpstream(chunks=["a", "b", "c", "d", "e"], gap=0.1)
+        engine = await started(fake, "a", read_timeout=0.25)
+        try:
+            assert text_of(await collect(engine, chat())) == "abcde"
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_a_stream_that_stalls_mid_answer_ends_at_the_read_timeout() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "gated"}, gate_after=1, gap=0.05)
+        engine = await started(fake, "a", read_timeout=0.3, first_token_timeout=60.0)
+        got: list[Delta] = []
+        began = time.monotonic()
+        try:
+            with pytest.raises(EngineUnavailable):
+                async for delta in engine.generate(chat()):
+                    got.append(delta)
+        finally:
+            await engine.close()
+        assert 0.3 <= time.monotonic() - began < 2
+        assert text_of(got) == "Hello"
         assert engine.replica_stats()[0].failures == 1
 
     run(scenario())

@@ -298,6 +298,7 @@ class RemoteEngine:
                 known = usage.prompt_tokens if usage is not None else None
                 self._prompt_tokens += len(request.prompt_tokens) if known is None else known
             self._generated_tokens += sent + pending
+            call.close()
             self._calls.discard(call)
             if not self._calls:
                 self._idle.set()
