@@ -297,7 +297,8 @@ class ChatServing:
                 self._metrics.safety_hit(guard.hit.category, "answer")
                 yield Delta(text, delta.token_count, "stop")
                 return
-            yield replace(delta, text=text)
+            # Most deltas pass the guard as they came: no copy of those.
+            yield delta if text == delta.text else replace(delta, text=text)
 
     def _template(self, endpoint: EndpointSettings, engine: Engine) -> ChatTemplate:
         template = self._templates.get(endpoint.name)
@@ -321,15 +322,19 @@ def _is_short(messages: list[Message], system: str | None) -> bool:
     return len(system or "") + sum(len(m.content) for m in messages) <= _SHORT_CHARS
 
 
-async def _with_calls(chat: PreparedChat, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """The answer read for calls of the tools on offer: text that may be a call is held back,
-    and the calls it makes come on the last delta (as a remote engine's own do). A source that
-    ends without a finish still gives back what was held, on a last delta of its own."""
+def _with_calls(chat: PreparedChat, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """The answer read for calls of the tools on offer (see `_watched_for_calls`); without
+    tools, the deltas themselves, with no generator between them and the answer."""
     if chat.tools is None:
-        async for delta in deltas:
-            yield delta
-        return
-    watch = CallWatch(chat.tools)
+        return deltas
+    return _watched_for_calls(chat.tools, deltas)
+
+
+async def _watched_for_calls(tools: ToolUse, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """Text that may be a call is held back, and the calls it makes come on the last delta (as
+    a remote engine's own do). A source that ends without a finish still gives back what was
+    held, on a last delta of its own."""
+    watch = CallWatch(tools)
     async for delta in deltas:
         text = watch.feed(delta.text)
         if delta.finish_reason is None:

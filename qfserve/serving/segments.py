@@ -48,21 +48,15 @@ class SegmentStream:
         usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
         return Piece(segment.text, segment.token_count, usage, end)
 
-    async def pieces(self) -> AsyncGenerator[Piece]:
-        async with closing(self._chat.engine.generate(self._chat.generation)) as generated:
-            deltas = aiter(self._moderated(self._chat, generated))
-            try:
-                async for piece in self._segmented(deltas):
-                    yield piece
-            finally:
-                aclose = getattr(deltas, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+    def pieces(self) -> AsyncGenerator[Piece]:
+        return self._segmented(self._chat.engine.generate(self._chat.generation))
 
-    async def _segmented(self, deltas: AsyncIterator[Delta]) -> AsyncGenerator[Piece]:
+    async def _segmented(self, generated: AsyncIterator[Delta]) -> AsyncGenerator[Piece]:
         # The deltas are read here, not by a task of their own: a delta reaches its event with no
-        # hand-over. Only a wait with a deadline (text held for the time limit) runs the read as
-        # a task, kept across the deadline so that no delta is lost to it.
+        # hand-over, and through no generator but the guard's. Only a wait with a deadline (text
+        # held for the time limit) runs the read as a task, kept across the deadline so that no
+        # delta is lost to it.
+        deltas = aiter(self._moderated(self._chat, generated))
         reading: asyncio.Future[Delta | BaseException | None] | None = None
         held: list[Segment] = []
         opened_at: float | None = None
@@ -133,10 +127,14 @@ class SegmentStream:
                 if not self._segmenter.empty and opened_at is None:
                     opened_at = time.monotonic()
         finally:
-            if reading is not None:
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reading
+            try:
+                if reading is not None:
+                    reading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reading
+                await _aclose(deltas)
+            finally:
+                await _aclose(generated)  # aborts the generation (see `closing`)
 
     def _is_accepted(self, delta: Delta) -> bool:
         """The engine's sign that it took the request: a delta with nothing in it."""
@@ -171,6 +169,10 @@ async def closing(deltas: AsyncIterator[Delta]) -> AsyncIterator[AsyncIterator[D
     try:
         yield deltas
     finally:
-        aclose = getattr(deltas, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(deltas)
+
+
+async def _aclose(deltas: AsyncIterator[Delta]) -> None:
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()
