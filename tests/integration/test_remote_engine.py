@@ -175,6 +175,11 @@ class FakeUpstream:
                     assert request.transport is not None
                     request.transport.abort()  # a reset, mid-body
                     return response
+                if behavior == "dribble":  # a few bytes per read, cutting lines and characters
+                    for start in range(0, len(event), 5):
+                        await response.write(event[start : start + 5])
+                        await asyncio.sleep(0.001)
+                    continue
                 await response.write(event)
         except asyncio.CancelledError:
             self.closed[name] = self.closed.get(name, 0) + 1
@@ -534,6 +539,34 @@ def test_a_stream_that_stalls_mid_answer_ends_at_the_read_timeout() -> None:
         assert 0.3 <= time.monotonic() - began < 2
         assert text_of(got) == "Hello"
         assert engine.replica_stats()[0].failures == 1
+
+    run(scenario())
+
+
+def test_events_cut_anywhere_by_the_network_are_read_whole() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "dribble"}, chunks=["你好", "，世界", " and more"])
+        engine = await started(fake, "a")
+        try:
+            deltas = await collect(engine, chat())
+        finally:
+            await engine.close()
+        assert text_of(deltas) == "你好，世界 and more"
+        assert deltas[-1].finish_reason == "stop" and deltas[-1].prompt_tokens == 11
+
+    run(scenario())
+
+
+def test_a_line_past_the_limit_is_a_protocol_failure() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(chunks=["x" * 600_000])
+        engine = await started(fake)
+        try:
+            with pytest.raises(EngineUnavailable):
+                await collect(engine, chat())
+        finally:
+            await engine.close()
+        assert [stats.failures for stats in engine.replica_stats()] == [1, 1]
 
     run(scenario())
 

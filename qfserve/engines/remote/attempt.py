@@ -119,6 +119,9 @@ class Attempt:
         self._response: aiohttp.ClientResponse | None = None
         self._ended = False
         self._first: deque[Chunk] = deque()  # read while looking for the first token
+        self._lines: deque[bytes] = deque()  # read whole, not parsed yet
+        self._partial = b""  # the start of a line still arriving
+        self._max_line = 0  # bytes: the response's read buffer's high-water mark
         self._closed = False
         replica.outstanding += 1
         replica.requests += 1
@@ -145,6 +148,7 @@ class Attempt:
             # connection error, and is failed over as before.
             response = await call.bounded(deadline, send)
         self._response = response
+        self._max_line = response.content.get_read_buffer_limits()[1]
         if not 200 <= response.status < 300:
             body_text = await call.bounded(deadline, response.read)
             raise status_failure(response.status, body_text.decode(errors="replace"))
@@ -182,23 +186,40 @@ class Attempt:
 
     async def _next_chunk(self) -> Chunk | None:
         """The next chunk of the answer, or None at the end of the body. Past [DONE] it reads
-        on to that end, so the connection goes back to the pool."""
+        on to that end, so the connection goes back to the pool. One network read serves every
+        line it brought (an event and the blank line after it): one wait per read, not per line.
+        """
         if self._response is None:
             self._ended = True
             return None
-        content = self._response.content
-        while not self._ended:
-            line = await content.readline()
-            if not line:
-                self._ended = True  # the end of the body
-                break
-            # Whole lines, so no character is split; what is not UTF-8 fails as JSON later.
-            item = parse_line(line.decode(errors="replace").rstrip("\r\n"), chat=self.chat)
-            if item is DONE:
-                self.done = True
-            elif isinstance(item, Chunk) and not self.done:
-                return item
-        return None
+        content, lines = self._response.content, self._lines
+        while True:
+            while lines:
+                line = lines.popleft()
+                if not line:
+                    continue  # the blank line that ends an event
+                # Whole lines, so no character is split; what is not UTF-8 fails as JSON later.
+                item = parse_line(line.decode(errors="replace").rstrip("\r"), chat=self.chat)
+                if item is DONE:
+                    self.done = True
+                elif isinstance(item, Chunk) and not self.done:
+                    return item
+            if self._ended:
+                return None
+            data = await content.readany()
+            if not data:
+                self._ended = True  # the end of the body; a last line may lack its newline
+                lines.append(self._partial)
+                continue
+            read = self._partial + data
+            *whole, self._partial = read.split(b"\n")
+            if (
+                len(read) > self._max_line
+                and max(map(len, (*whole, self._partial))) > self._max_line
+            ):
+                # What aiohttp's own readline refuses too: not the OpenAI streaming format.
+                raise AttemptFailed(Failure.PROTOCOL, f"a line over {self._max_line} bytes")
+            lines.extend(whole)
 
     def close(self) -> None:
         """Idempotent. A body read to its end has already gone back to the pool; one that was
