@@ -297,8 +297,12 @@ class ChatServing:
                 self._metrics.safety_hit(guard.hit.category, "answer")
                 yield Delta(text, delta.token_count, "stop")
                 return
-            # Most deltas pass the guard as they came: no copy of those.
-            yield delta if text == delta.text else replace(delta, text=text)
+            if text == delta.text:
+                yield delta  # most deltas pass the guard as they came
+            elif delta.finish_reason is None:
+                yield Delta(text, delta.token_count)  # the engine's counts come on its last delta
+            else:
+                yield replace(delta, text=text)
 
     def _template(self, endpoint: EndpointSettings, engine: Engine) -> ChatTemplate:
         template = self._templates.get(endpoint.name)
