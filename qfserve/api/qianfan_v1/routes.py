@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from qfserve.access import signature
 from qfserve.access.gate import AccessGate, Credentials
-from qfserve.api.calls import parse_json, read_body, run_chat
+from qfserve.api.calls import chat_route, parse_json, read_body, run_chat
 from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
 from qfserve.api.responses import INT, TEXT, EventStreamResponse, event_format, json_text
@@ -73,8 +73,8 @@ def build_routes(
 
     # The chat route first: routes are matched in order.
     return [
-        Route(PREFIX + "/chat/{endpoint}", chat, methods=["POST"]),
-        Route(PREFIX + "/completions/{endpoint}", completions, methods=["POST"]),
+        chat_route(PREFIX + "/chat/{endpoint}", chat),
+        chat_route(PREFIX + "/completions/{endpoint}", completions),
         Route(PREFIX + "/tokenizer/erniebot", tokenizer, methods=["POST"]),
     ]
 
