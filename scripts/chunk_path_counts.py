@@ -276,7 +276,7 @@ async def serving_upstream() -> AsyncIterator[str]:
         await task
 
 
-async def main(dialects: list[str], top: int, tree: bool) -> None:
+async def main(dialects: list[str], top: int, tree: bool, default_stream: bool) -> None:
     messages = [{"role": "user", "content": "Say something."}]
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
@@ -288,9 +288,8 @@ async def main(dialects: list[str], top: int, tree: bool) -> None:
         os.environ[TRACE_ENV] = str(out)
         async with serving_upstream() as upstream_url:
             config = workdir / "gateway.toml"
-            config.write_text(
-                stream_settings(V1_STREAM) + remote_endpoint("counted", "m", upstream_url)
-            )
+            segments = "" if default_stream else stream_settings(V1_STREAM)
+            config.write_text(segments + remote_endpoint("counted", "m", upstream_url))
             gateway = await peers.start_qfserve(
                 model=None, threads=1, workdir=workdir / "gateway", config=config
             )
@@ -311,28 +310,41 @@ async def main(dialects: list[str], top: int, tree: bool) -> None:
                             await ask(SHORT)
                         short = await traced(pid, out, functools.partial(ask, SHORT))
                         long = await traced(pid, out, functools.partial(ask, LONG))
-                        report(dialect, short, long, top, tree)
+                        if default_stream:
+                            print(f"{dialect}:")
+                            print_per_chunk(short, long, top)
+                        else:
+                            report(dialect, short, long, top, tree)
             finally:
                 gateway.stop()
+
+
+def print_per_chunk(short: Trace, long: Trace, top: int) -> None:
+    per_chunk = long.work()
+    per_chunk.subtract(short.work())
+    total_py, total_c = size(per_chunk)
+    print(
+        f"  per chunk, everything: {total_py / (LONG - SHORT):5.1f} python + "
+        f"{total_c / (LONG - SHORT):5.1f} builtin calls"
+    )
+    if top:
+        print("  per chunk, everything, by function:")
+        for key, count in per_chunk.most_common(top):
+            print(f"    {count / (LONG - SHORT):5.2f}  {key}")
+    sys.stdout.flush()
 
 
 def report(dialect: str, short: Trace, long: Trace, top: int, tree: bool) -> None:
     paths = [long.work(path) for path in long.paths()]
     first = size(paths[0])
     steady = [size(counted) for counted in paths[2:-1]]
-    per_chunk = long.work()
-    per_chunk.subtract(short.work())
-    total_py, total_c = size(per_chunk)
     print(f"{dialect}:")
     print(f"  path, first token:     {first[0]:5d} python + {first[1]:5d} builtin calls")
     print(
         f"  path, later tokens:    {statistics.median(p for p, _ in steady):5.0f} python + "
         f"{statistics.median(c for _, c in steady):5.0f} builtin calls (median)"
     )
-    print(
-        f"  per chunk, everything: {total_py / (LONG - SHORT):5.1f} python + "
-        f"{total_c / (LONG - SHORT):5.1f} builtin calls"
-    )
+    print_per_chunk(short, long, 0)
     if tree:
         print("  the path of a later token, as called:")
         depth = 0
@@ -363,5 +375,10 @@ if __name__ == "__main__":
     parser.add_argument("--dialect", action="append", choices=DIALECTS, help="default: all")
     parser.add_argument("--top", type=int, default=0, help="list the N commonest functions")
     parser.add_argument("--tree", action="store_true", help="print a later token's calls")
+    parser.add_argument(
+        "--default-stream",
+        action="store_true",
+        help="V1 segments as qfserve's defaults cut them, not a token an event (per chunk only)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.dialect or list(DIALECTS), args.top, args.tree))
+    asyncio.run(main(args.dialect or list(DIALECTS), args.top, args.tree, args.default_stream))

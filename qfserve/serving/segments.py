@@ -75,7 +75,7 @@ class SegmentStream:
                     item = _DUE
                 else:
                     if reading is None:
-                        reading = asyncio.ensure_future(self._next(deltas))
+                        reading = asyncio.create_task(self._next(deltas))
                     done, _ = await asyncio.wait((reading,), timeout=timeout)
                     if done:
                         item, reading = reading.result(), None
