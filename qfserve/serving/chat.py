@@ -238,12 +238,13 @@ class ChatServing:
         (a failure before it is raised). Closing this generator aborts the generation."""
         generated = 0
         started = False
+        prompt = chat.prompt_tokens
         async with closing(chat.engine.generate(chat.generation)) as deltas:
             try:
                 async for delta in _with_calls(chat, self._moderated(chat, deltas)):
                     chat.clock.tokens(delta.token_count)
                     generated += delta.token_count
-                    usage = chat.tally.usage(chat.prompt_tokens, generated)
+                    usage = chat.tally.usage(prompt, generated)
                     if delta.finish_reason is None:
                         started = True
                         yield Piece(delta.text, delta.token_count, usage)
@@ -256,18 +257,18 @@ class ChatServing:
             except QfserveError as error:
                 if not started:
                     raise
-                yield Piece("", 0, chat.tally.usage(chat.prompt_tokens, generated), error=error)
+                yield Piece("", 0, chat.tally.usage(prompt, generated), error=error)
                 return
             except Exception as exc:
                 if not started:
                     raise
                 log.error("request %s: the engine failed", chat.generation.request_id, exc_info=exc)
-                usage = chat.tally.usage(chat.prompt_tokens, generated)
+                usage = chat.tally.usage(prompt, generated)
                 yield Piece("", 0, usage, error=InternalError())
                 return
         # The engine ended without a reason: a finished answer all the same.
         chat.clock.finish(generated)
-        yield Piece("", 0, chat.tally.usage(chat.prompt_tokens, generated), "stop")
+        yield Piece("", 0, chat.tally.usage(prompt, generated), "stop")
 
     def segments(self, chat: PreparedChat) -> AsyncGenerator[Piece]:
         """Sentence segments as they complete, the last with an ending or an error. The

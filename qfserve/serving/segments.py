@@ -33,6 +33,7 @@ class SegmentStream:
         moderated: Callable[[PreparedChat, AsyncIterator[Delta]], AsyncIterator[Delta]],
     ) -> None:
         self._chat = chat
+        self._prompt_tokens = chat.prompt_tokens  # as prepared: the tally may know better
         self._moderated = moderated
         self._settings = settings
         self._segmenter = Segmenter(
@@ -45,7 +46,7 @@ class SegmentStream:
     def _piece(self, segment: Segment, end: Ending | None = None) -> Piece:
         self._sent += 1
         self._counted += segment.token_count
-        usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+        usage = self._chat.tally.usage(self._prompt_tokens, self._counted)
         return Piece(segment.text, segment.token_count, usage, end)
 
     def pieces(self) -> AsyncGenerator[Piece]:
@@ -95,7 +96,7 @@ class SegmentStream:
                     for segment in held:
                         yield self._piece(segment)
                     error = item if isinstance(item, QfserveError) else InternalError()
-                    usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+                    usage = self._chat.tally.usage(self._prompt_tokens, self._counted)
                     yield Piece("", 0, usage, error=error)
                     return
                 if item is None:
@@ -105,7 +106,7 @@ class SegmentStream:
                     # dialect send its response's head while the answer is thought of, not after.
                     # From here on a failure is an error event, no longer a plain error.
                     self._sent += 1
-                    yield Piece("", 0, self._chat.tally.usage(self._chat.prompt_tokens, 0))
+                    yield Piece("", 0, self._chat.tally.usage(self._prompt_tokens, 0))
                     continue
                 completed = self._segmenter.push(item.text, item.token_count)
                 if item.finish_reason is not None:
