@@ -3,6 +3,7 @@ gauges and totals, read from `Engine.stats()` at scrape time so the engine threa
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,12 +61,23 @@ class Metrics:
         if quota_health is not None:
             self.registry.register(_QuotaCollector(quota_health))
         self._served = frozenset(engines.names())
+        # The labelled histograms of each endpoint, looked up once rather than per request.
+        self._series: dict[str, _EndpointSeries] = {}
 
     def safety_hit(self, category: str, where: str) -> None:
         self.safety_hits.labels(category, where).inc()
 
     def clock(self, endpoint: str) -> RequestClock:
-        return RequestClock(self, endpoint)
+        """`endpoint` is a served endpoint's name: a series is made once per endpoint."""
+        series = self._series.get(endpoint)
+        if series is None:
+            series = _EndpointSeries(
+                self.time_to_first_token.labels(endpoint),
+                self.time_per_output_token.labels(endpoint),
+                self.request_latency.labels(endpoint),
+            )
+            self._series[endpoint] = series
+        return RequestClock(series)
 
     def count(self, endpoint: str, error_code: int) -> None:
         # Endpoint names come from URLs: an unknown one must not mint a new series per request.
@@ -73,12 +85,18 @@ class Metrics:
         self.requests.labels(label, str(error_code)).inc()
 
 
+@dataclass(frozen=True, slots=True)
+class _EndpointSeries:
+    time_to_first_token: Histogram
+    time_per_output_token: Histogram
+    request_latency: Histogram
+
+
 @dataclass(slots=True)
 class RequestClock:
     """Times one generation: its first token, and its end."""
 
-    metrics: Metrics
-    endpoint: str
+    series: _EndpointSeries
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     finished: bool = False
@@ -86,19 +104,24 @@ class RequestClock:
     def tokens(self, count: int) -> None:
         if count and self.first_token is None:
             self.first_token = time.monotonic()
-            self.metrics.time_to_first_token.labels(self.endpoint).observe(
-                self.first_token - self.started
-            )
+            elapsed = self.first_token - self.started
+            # Observed once the event loop is done with this step, which writes the first token
+            # to the client: the bookkeeping does not delay what it measures.
+            observe = self.series.time_to_first_token.observe
+            try:
+                asyncio.get_running_loop().call_soon(observe, elapsed)
+            except RuntimeError:  # no event loop: at once
+                observe(elapsed)
 
     def finish(self, completion_tokens: int) -> None:
         if self.finished:
             return
         self.finished = True
         now = time.monotonic()
-        self.metrics.request_latency.labels(self.endpoint).observe(now - self.started)
+        self.series.request_latency.observe(now - self.started)
         if self.first_token is not None and completion_tokens > 1:
             gap = (now - self.first_token) / (completion_tokens - 1)
-            self.metrics.time_per_output_token.labels(self.endpoint).observe(gap)
+            self.series.time_per_output_token.observe(gap)
 
 
 class _EngineCollector(Collector):

@@ -3,12 +3,14 @@ the call while watching for the client's disconnect, and answer errors in the di
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from qfserve.access.gate import CLIENT_GONE, Credentials
 from qfserve.api.qianfan_v1.render import new_request_id
@@ -83,3 +85,23 @@ async def run_chat(
 async def client_gone(_request: Request, _exc: Exception) -> Response:
     # Nobody reads this; the status is what the server's own accounting sees.
     return Response(status_code=CLIENT_GONE)
+
+
+def chat_route(path: str, handle: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A chat route (POST) whose endpoint is a plain ASGI app, not Starlette's request-response
+    wrapper: a streamed answer is resumed, for every event, through every frame above it, and
+    the wrapper's (three, and a hook on each send) only repeat what the app's exception
+    middleware does for every route, with the same handlers."""
+    return Route(path, _Endpoint(handle), methods=["POST"])
+
+
+class _Endpoint:
+    """An ASGI app of a request handler (a class instance: Starlette takes a function for one
+    that needs its wrapper)."""
+
+    def __init__(self, handle: Callable[[Request], Awaitable[Response]]) -> None:
+        self._handle = handle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._handle(Request(scope, receive, send))
+        await response(scope, receive, send)

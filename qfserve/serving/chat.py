@@ -238,12 +238,13 @@ class ChatServing:
         (a failure before it is raised). Closing this generator aborts the generation."""
         generated = 0
         started = False
+        prompt = chat.prompt_tokens
         async with closing(chat.engine.generate(chat.generation)) as deltas:
             try:
                 async for delta in _with_calls(chat, self._moderated(chat, deltas)):
                     chat.clock.tokens(delta.token_count)
                     generated += delta.token_count
-                    usage = chat.tally.usage(chat.prompt_tokens, generated)
+                    usage = chat.tally.usage(prompt, generated)
                     if delta.finish_reason is None:
                         started = True
                         yield Piece(delta.text, delta.token_count, usage)
@@ -256,18 +257,18 @@ class ChatServing:
             except QfserveError as error:
                 if not started:
                     raise
-                yield Piece("", 0, chat.tally.usage(chat.prompt_tokens, generated), error=error)
+                yield Piece("", 0, chat.tally.usage(prompt, generated), error=error)
                 return
             except Exception as exc:
                 if not started:
                     raise
                 log.error("request %s: the engine failed", chat.generation.request_id, exc_info=exc)
-                usage = chat.tally.usage(chat.prompt_tokens, generated)
+                usage = chat.tally.usage(prompt, generated)
                 yield Piece("", 0, usage, error=InternalError())
                 return
         # The engine ended without a reason: a finished answer all the same.
         chat.clock.finish(generated)
-        yield Piece("", 0, chat.tally.usage(chat.prompt_tokens, generated), "stop")
+        yield Piece("", 0, chat.tally.usage(prompt, generated), "stop")
 
     def segments(self, chat: PreparedChat) -> AsyncGenerator[Piece]:
         """Sentence segments as they complete, the last with an ending or an error. The
@@ -297,7 +298,12 @@ class ChatServing:
                 self._metrics.safety_hit(guard.hit.category, "answer")
                 yield Delta(text, delta.token_count, "stop")
                 return
-            yield replace(delta, text=text)
+            if text == delta.text:
+                yield delta  # most deltas pass the guard as they came
+            elif delta.finish_reason is None:
+                yield Delta(text, delta.token_count)  # the engine's counts come on its last delta
+            else:
+                yield replace(delta, text=text)
 
     def _template(self, endpoint: EndpointSettings, engine: Engine) -> ChatTemplate:
         template = self._templates.get(endpoint.name)
@@ -321,15 +327,19 @@ def _is_short(messages: list[Message], system: str | None) -> bool:
     return len(system or "") + sum(len(m.content) for m in messages) <= _SHORT_CHARS
 
 
-async def _with_calls(chat: PreparedChat, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """The answer read for calls of the tools on offer: text that may be a call is held back,
-    and the calls it makes come on the last delta (as a remote engine's own do). A source that
-    ends without a finish still gives back what was held, on a last delta of its own."""
+def _with_calls(chat: PreparedChat, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """The answer read for calls of the tools on offer (see `_watched_for_calls`); without
+    tools, the deltas themselves, with no generator between them and the answer."""
     if chat.tools is None:
-        async for delta in deltas:
-            yield delta
-        return
-    watch = CallWatch(chat.tools)
+        return deltas
+    return _watched_for_calls(chat.tools, deltas)
+
+
+async def _watched_for_calls(tools: ToolUse, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """Text that may be a call is held back, and the calls it makes come on the last delta (as
+    a remote engine's own do). A source that ends without a finish still gives back what was
+    held, on a last delta of its own."""
+    watch = CallWatch(tools)
     async for delta in deltas:
         text = watch.feed(delta.text)
         if delta.finish_reason is None:

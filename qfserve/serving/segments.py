@@ -33,6 +33,7 @@ class SegmentStream:
         moderated: Callable[[PreparedChat, AsyncIterator[Delta]], AsyncIterator[Delta]],
     ) -> None:
         self._chat = chat
+        self._prompt_tokens = chat.prompt_tokens  # as prepared: the tally may know better
         self._moderated = moderated
         self._settings = settings
         self._segmenter = Segmenter(
@@ -45,24 +46,18 @@ class SegmentStream:
     def _piece(self, segment: Segment, end: Ending | None = None) -> Piece:
         self._sent += 1
         self._counted += segment.token_count
-        usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+        usage = self._chat.tally.usage(self._prompt_tokens, self._counted)
         return Piece(segment.text, segment.token_count, usage, end)
 
-    async def pieces(self) -> AsyncGenerator[Piece]:
-        async with closing(self._chat.engine.generate(self._chat.generation)) as generated:
-            deltas = aiter(self._moderated(self._chat, generated))
-            try:
-                async for piece in self._segmented(deltas):
-                    yield piece
-            finally:
-                aclose = getattr(deltas, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+    def pieces(self) -> AsyncGenerator[Piece]:
+        return self._segmented(self._chat.engine.generate(self._chat.generation))
 
-    async def _segmented(self, deltas: AsyncIterator[Delta]) -> AsyncGenerator[Piece]:
+    async def _segmented(self, generated: AsyncIterator[Delta]) -> AsyncGenerator[Piece]:
         # The deltas are read here, not by a task of their own: a delta reaches its event with no
-        # hand-over. Only a wait with a deadline (text held for the time limit) runs the read as
-        # a task, kept across the deadline so that no delta is lost to it.
+        # hand-over, and through no generator but the guard's. Only a wait with a deadline (text
+        # held for the time limit) runs the read as a task, kept across the deadline so that no
+        # delta is lost to it.
+        deltas = aiter(self._moderated(self._chat, generated))
         reading: asyncio.Future[Delta | BaseException | None] | None = None
         held: list[Segment] = []
         opened_at: float | None = None
@@ -81,7 +76,7 @@ class SegmentStream:
                     item = _DUE
                 else:
                     if reading is None:
-                        reading = asyncio.ensure_future(self._next(deltas))
+                        reading = asyncio.create_task(self._next(deltas))
                     done, _ = await asyncio.wait((reading,), timeout=timeout)
                     if done:
                         item, reading = reading.result(), None
@@ -101,7 +96,7 @@ class SegmentStream:
                     for segment in held:
                         yield self._piece(segment)
                     error = item if isinstance(item, QfserveError) else InternalError()
-                    usage = self._chat.tally.usage(self._chat.prompt_tokens, self._counted)
+                    usage = self._chat.tally.usage(self._prompt_tokens, self._counted)
                     yield Piece("", 0, usage, error=error)
                     return
                 if item is None:
@@ -111,7 +106,7 @@ class SegmentStream:
                     # dialect send its response's head while the answer is thought of, not after.
                     # From here on a failure is an error event, no longer a plain error.
                     self._sent += 1
-                    yield Piece("", 0, self._chat.tally.usage(self._chat.prompt_tokens, 0))
+                    yield Piece("", 0, self._chat.tally.usage(self._prompt_tokens, 0))
                     continue
                 completed = self._segmenter.push(item.text, item.token_count)
                 if item.finish_reason is not None:
@@ -133,10 +128,14 @@ class SegmentStream:
                 if not self._segmenter.empty and opened_at is None:
                     opened_at = time.monotonic()
         finally:
-            if reading is not None:
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reading
+            try:
+                if reading is not None:
+                    reading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reading
+                await _aclose(deltas)
+            finally:
+                await _aclose(generated)  # aborts the generation (see `closing`)
 
     def _is_accepted(self, delta: Delta) -> bool:
         """The engine's sign that it took the request: a delta with nothing in it."""
@@ -171,6 +170,10 @@ async def closing(deltas: AsyncIterator[Delta]) -> AsyncIterator[AsyncIterator[D
     try:
         yield deltas
     finally:
-        aclose = getattr(deltas, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(deltas)
+
+
+async def _aclose(deltas: AsyncIterator[Delta]) -> None:
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()

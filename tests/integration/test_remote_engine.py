@@ -106,6 +106,7 @@ class FakeUpstream:
     # Chat deltas sent after the chunks' (tool call fragments, say).
     deltas: list[dict[str, Any]] = field(default_factory=list)
     gate_after: int = 0
+    gap: float = 0.0  # seconds between two chunks
     health: dict[str, int] = field(default_factory=dict)  # "name/path": status
     posts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     gets: list[str] = field(default_factory=list)
@@ -174,6 +175,11 @@ class FakeUpstream:
                     assert request.transport is not None
                     request.transport.abort()  # a reset, mid-body
                     return response
+                if behavior == "dribble":  # a few bytes per read, cutting lines and characters
+                    for start in range(0, len(event), 5):
+                        await response.write(event[start : start + 5])
+                        await asyncio.sleep(0.001)
+                    continue
                 await response.write(event)
         except asyncio.CancelledError:
             self.closed[name] = self.closed.get(name, 0) + 1
@@ -192,6 +198,8 @@ class FakeUpstream:
         if chat:
             yield event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
         for n, text in enumerate(self.chunks):
+            if n and self.gap:
+                await asyncio.sleep(self.gap)
             part = {"delta": {"content": text}} if chat else {"text": text}
             yield event({"choices": [{"index": 0, **part, "finish_reason": None}]})
             if n == 0 and behavior == "die":
@@ -498,6 +506,67 @@ def test_failure_after_the_first_token_ends_with_an_error() -> None:
         assert text_of(got) == "Hel"
         assert fake.served("b") == 0  # the client holds part of an answer: no retry
         assert engine.replica_stats()[0].failures == 1
+
+    run(scenario())
+
+
+def test_the_read_timeout_runs_from_chunk_to_chunk() -> None:
+    """Chunks that each come within the read timeout make an answer, however long it takes."""
+
+    async def scenario() -> None:
+        fake = FakeUpstream(chunks=["a", "b", "c", "d", "e"], gap=0.1)
+        engine = await started(fake, "a", read_timeout=0.25)
+        try:
+            assert text_of(await collect(engine, chat())) == "abcde"
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_a_stream_that_stalls_mid_answer_ends_at_the_read_timeout() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "gated"}, gate_after=1, gap=0.05)
+        engine = await started(fake, "a", read_timeout=0.3, first_token_timeout=60.0)
+        got: list[Delta] = []
+        began = time.monotonic()
+        try:
+            with pytest.raises(EngineUnavailable):
+                async for delta in engine.generate(chat()):
+                    got.append(delta)
+        finally:
+            await engine.close()
+        assert 0.3 <= time.monotonic() - began < 2
+        assert text_of(got) == "Hello"
+        assert engine.replica_stats()[0].failures == 1
+
+    run(scenario())
+
+
+def test_events_cut_anywhere_by_the_network_are_read_whole() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(behaviors={"a": "dribble"}, chunks=["你好", "，世界", " and more"])
+        engine = await started(fake, "a")
+        try:
+            deltas = await collect(engine, chat())
+        finally:
+            await engine.close()
+        assert text_of(deltas) == "你好，世界 and more"
+        assert deltas[-1].finish_reason == "stop" and deltas[-1].prompt_tokens == 11
+
+    run(scenario())
+
+
+def test_a_line_past_the_limit_is_a_protocol_failure() -> None:
+    async def scenario() -> None:
+        fake = FakeUpstream(chunks=["x" * 600_000])
+        engine = await started(fake)
+        try:
+            with pytest.raises(EngineUnavailable):
+                await collect(engine, chat())
+        finally:
+            await engine.close()
+        assert [stats.failures for stats in engine.replica_stats()] == [1, 1]
 
     run(scenario())
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from qfserve.api.responses import EventStreamResponse, one_line
+from qfserve.api.responses import INT, TEXT, EventStreamResponse, event_format, json_text, one_line
 from qfserve.chat.formats import ToolCall
 from qfserve.errors import QfserveError
 from qfserve.serving.request import Completed, Ending, Outcome, Refused, Streaming, Usage
@@ -39,6 +39,9 @@ class OpenAIShape:
     """How one OpenAI-shaped dialect renders outcomes and errors. The hooks are what differs."""
 
     id_prefix = "chatcmpl-"
+
+    def __init__(self) -> None:
+        self._text_formats: dict[str, bytes] = {}  # by model
 
     def response_id(self, request_id: str) -> str:
         return self.id_prefix + secrets.token_hex(12)
@@ -129,15 +132,35 @@ class OpenAIShape:
         ending: Ending | None = None,
         refused: Refused | None = None,
     ) -> bytes:
+        return sse(self.chunk_body(response_id, model, delta, ending, refused))
+
+    def chunk_body(
+        self,
+        response_id: str,
+        model: str,
+        delta: dict[str, Any],
+        ending: Ending | None = None,
+        refused: Refused | None = None,
+    ) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": ending}
-        body = {
+        return {
             "id": response_id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
             "choices": [{**choice, **self.choice_flags(ending, refused, streamed=True)}],
         }
-        return sse(body)
+
+    def text_format(self, model: str) -> bytes:
+        """The format of a stream's chunks of text, filled with (the response id and the text as
+        `json_text` encodes them, the time): the same bytes as `chunk` with `{"content": text}`.
+        Made once per model: the models are the configured endpoints."""
+        text_format = self._text_formats.get(model)
+        if text_format is None:
+            body = self.chunk_body("", model, {"content": TEXT})
+            text_format = event_format({**body, "id": TEXT, "created": INT})
+            self._text_formats[model] = text_format
+        return text_format
 
     def usage_chunk(self, response_id: str, model: str, usage: Usage) -> bytes:
         body = {
@@ -174,11 +197,13 @@ class OpenAIShape:
         # Events due together go out in one write: the role's chunk with the first token's, the
         # finish with the usage and [DONE]. A write is a system call and a wake-up of the client.
         head = self.chunk(response_id, model, {"role": "assistant", "content": ""})
+        # The chunks of text, most of the stream, from a format: only their text is rendered.
+        text_format, quoted_id = self.text_format(model), json_text(response_id)
         try:
             async for piece in outcome.pieces:
                 out, head = head, b""
                 if piece.text:
-                    out += self.chunk(response_id, model, {"content": piece.text})
+                    out += text_format % (quoted_id, int(time.time()), json_text(piece.text))
                 if piece.error is not None:
                     yield out + self.stream_error(piece.error) + DONE
                     return

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import AccessGate, Credentials
-from qfserve.api.calls import parse_json, read_body, run_chat
+from qfserve.api.calls import chat_route, parse_json, read_body, run_chat
 from qfserve.api.openai.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -53,7 +53,7 @@ def build_routes(settings: Settings, pipeline: ChatPipeline, gate: AccessGate) -
         return OPENAI.render(await run_chat(request, pipeline, bearer_credentials(request), parse))
 
     return [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        chat_route("/v1/chat/completions", chat_completions),
         Route("/v1/models", models, methods=["GET"]),
     ]
 

@@ -5,6 +5,7 @@ Errors are raised, and answered in V1's shape (HTTP 200, `error_code`) by the ap
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,10 +16,10 @@ from starlette.routing import BaseRoute, Route
 
 from qfserve.access import signature
 from qfserve.access.gate import AccessGate, Credentials
-from qfserve.api.calls import parse_json, read_body, run_chat
+from qfserve.api.calls import chat_route, parse_json, read_body, run_chat
 from qfserve.api.qianfan_v1 import render
 from qfserve.api.qianfan_v1.protocol import ChatBody, CompletionBody, SamplingFields, TokenizerBody
-from qfserve.api.responses import EventStreamResponse
+from qfserve.api.responses import INT, TEXT, EventStreamResponse, event_format, json_text
 from qfserve.chat.conversation import Message
 from qfserve.chat.params import QIANFAN, RequestedSampling
 from qfserve.config import Settings
@@ -72,8 +73,8 @@ def build_routes(
 
     # The chat route first: routes are matched in order.
     return [
-        Route(PREFIX + "/chat/{endpoint}", chat, methods=["POST"]),
-        Route(PREFIX + "/completions/{endpoint}", completions, methods=["POST"]),
+        chat_route(PREFIX + "/chat/{endpoint}", chat),
+        chat_route(PREFIX + "/completions/{endpoint}", completions),
         Route(PREFIX + "/tokenizer/erniebot", tokenizer, methods=["POST"]),
     ]
 
@@ -160,13 +161,27 @@ def _refusal(outcome: Refused, kind: str) -> dict[str, Any]:
 
 
 async def _events(outcome: Streaming, kind: str) -> AsyncIterator[bytes]:
+    # The events before the last, most of the stream, from a format: only their values rendered.
+    middle, quoted_id = _middle_format(kind), json_text(outcome.request_id)
     try:
         sentence_id = 0
         async for piece in outcome.pieces:
-            if not piece.text and not piece.completion_tokens and not piece.is_last:
+            if piece.is_last:
+                yield render.sse(_event(outcome.request_id, kind, sentence_id, piece))
+            elif piece.text or piece.completion_tokens:
+                usage = piece.usage
+                yield middle % (
+                    quoted_id,
+                    int(time.time()),
+                    sentence_id,
+                    json_text(piece.text),
+                    usage.prompt_tokens,
+                    piece.completion_tokens,
+                    usage.total_tokens,
+                )
+            else:
                 # The engine took the request: the head has gone out; there is nothing to show.
                 continue
-            yield render.sse(_event(outcome.request_id, kind, sentence_id, piece))
             sentence_id += 1
     finally:
         await outcome.aclose()
@@ -187,6 +202,26 @@ def _event(request_id: str, kind: str, sentence_id: int, piece: Piece) -> dict[s
         **render.safety_flags(piece.ending == "content_filter"),
         "usage": render.usage(usage.prompt_tokens, piece.completion_tokens, usage.total_tokens),
     }
+
+
+@functools.cache
+def _middle_format(kind: str) -> bytes:
+    """`_event` of a piece before the last, as a format filled with (the request id and the
+    text as `json_text` encodes them, the time, the sentence id, the text, the usage's prompt,
+    completion and total tokens)."""
+    return event_format(
+        {
+            "id": TEXT,
+            "object": kind,
+            "created": INT,
+            "sentence_id": INT,
+            "is_end": False,
+            "is_truncated": False,
+            "result": TEXT,
+            **render.safety_flags(False),
+            "usage": {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT},
+        }
+    )
 
 
 async def _single(chunk: bytes) -> AsyncIterator[bytes]:

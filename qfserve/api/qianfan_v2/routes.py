@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from qfserve.access.gate import AccessGate, Credentials
-from qfserve.api.calls import parse_json, read_body, run_chat
+from qfserve.api.calls import chat_route, parse_json, read_body, run_chat
 from qfserve.api.openai.routes import bearer, chat_request, message
 from qfserve.api.openai.routes import sampling as openai_sampling
 from qfserve.api.qianfan_v2.protocol import ChatCompletionRequest, V2Message
@@ -59,7 +59,7 @@ def build_routes(
         return QIANFAN_V2.render(outcome)
 
     return [
-        Route("/v2/chat/completions", chat_completions, methods=["POST"]),
+        chat_route("/v2/chat/completions", chat_completions),
         Route("/v2/models", models, methods=["GET"]),
     ]
 

@@ -44,7 +44,6 @@ from qfserve.engines.remote.wire import (
     CHAT_PATH,
     AttemptFailed,
     CallJoiner,
-    Chunk,
     Failure,
     SchemaFormat,
     Usage,
@@ -260,9 +259,15 @@ class RemoteEngine:
                 finally:
                     if attempt is not candidate:
                         candidate.close()
-            while (
-                chunk := await self._next(call, attempt, finished=finish is not None)
-            ) is not None:
+            loop, read_timeout = asyncio.get_running_loop(), self._settings.read_timeout
+            while True:
+                try:
+                    chunk = await attempt.next(call, loop.time() + read_timeout)
+                except AttemptFailed as exc:
+                    self._read_failed(call, attempt, exc, finished=finish is not None)
+                    break  # the answer was whole: only its trailing usage chunk was lost
+                if chunk is None:
+                    break
                 usage = chunk.usage or usage
                 if chunk.calls and finish is None:
                     calls.add(chunk.calls)
@@ -298,6 +303,7 @@ class RemoteEngine:
                 known = usage.prompt_tokens if usage is not None else None
                 self._prompt_tokens += len(request.prompt_tokens) if known is None else known
             self._generated_tokens += sent + pending
+            call.close()
             self._calls.discard(call)
             if not self._calls:
                 self._idle.set()
@@ -311,21 +317,17 @@ class RemoteEngine:
         log.warning("request %s: no upstream could answer (%d tried)", call.request_id, len(tried))
         return EngineUnavailable()
 
-    async def _next(self, call: Call, attempt: Attempt, *, finished: bool) -> Chunk | None:
-        deadline = asyncio.get_running_loop().time() + self._settings.read_timeout
-        try:
-            return await attempt.next(call, deadline)
-        except AttemptFailed as exc:
-            if finished:
-                # The answer is whole; only the trailing usage chunk was lost.
-                log.info(
-                    "request %s: no usage from %s: %s", call.request_id, attempt.replica.url, exc
-                )
-                return None
-            self._failed(call, attempt.replica, exc, "mid-answer")
-            if exc.kind is Failure.PROTOCOL:
-                raise InternalError() from exc
-            raise EngineUnavailable() from exc
+    def _read_failed(
+        self, call: Call, attempt: Attempt, exc: AttemptFailed, *, finished: bool
+    ) -> None:
+        """A read after the first token failed: the answer fails, unless it was whole."""
+        if finished:
+            log.info("request %s: no usage from %s: %s", call.request_id, attempt.replica.url, exc)
+            return
+        self._failed(call, attempt.replica, exc, "mid-answer")
+        if exc.kind is Failure.PROTOCOL:
+            raise InternalError() from exc
+        raise EngineUnavailable() from exc
 
     def _failed(self, call: Call, replica: Replica, exc: AttemptFailed, when: str) -> None:
         replica.failures += 1
