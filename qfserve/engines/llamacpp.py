@@ -97,7 +97,7 @@ class LlamaCppEngine:
     In the shared pool every token's attention spans the cells of all sequences, masked, so
     flash attention is turned on: ggml's CPU kernel skips masked cells, the other path does not.
     Which attention kernel runs depends on the batch and on the cells in use, so a greedy answer
-    may differ slightly with the load (also with a stream per slot, once a context passes 512
+    may change with the load (also with a stream per slot, once a context passes 512
     tokens).
     """
 
