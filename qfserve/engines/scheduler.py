@@ -119,8 +119,8 @@ class SeqState(Generic[P]):
     # and how much of the prompt a saved state outside the slots covers (0: not enough more).
     displaced: list[int] = field(default_factory=list)
     n_stored: int = 0
-    # The most tokens the request may answer, and the KV cells it reserves in a shared pool (its
-    # prompt plus those), set by the scheduler when it is added.
+    # The most tokens the request may answer (0: up to the end of its context), and the KV cells
+    # it reserves in a shared pool (its prompt plus those), set by the scheduler when it is added.
     max_tokens: int = 0
     cells: int = 0
     # Idle slots whose cached prefixes were evicted to make room for this request: (seq id,
@@ -238,10 +238,11 @@ class Scheduler(Generic[P]):
     def add(self, seq: SeqState[P]) -> None:
         if seq.n_prompt == 0:
             raise ValueError("a prompt needs at least one token")
-        cells = seq.n_prompt + max(0, seq.max_tokens)
+        # Without a `max_tokens`, the sequence may grow to the end of its context.
+        cells = seq.n_prompt + seq.max_tokens if seq.max_tokens > 0 else None
         if self.max_seq_cells is not None:
-            cells = min(cells, self.max_seq_cells)
-        seq.cells = cells
+            cells = min(cells or self.max_seq_cells, self.max_seq_cells)
+        seq.cells = cells or seq.n_prompt
         self.waiting.append(seq)
 
     def schedule(self, now: float) -> Step[P]:

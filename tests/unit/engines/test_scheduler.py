@@ -427,6 +427,9 @@ def test_a_reservation_is_capped_at_the_context() -> None:
     sched.add(b)
     # A sequence ends at the context's end whatever max_tokens says: 6 cells each, not 103.
     assert (a.cells, b.cells) == (6, 6)
+    unbounded = seq(3, [3])  # no max_tokens: it may grow to the context's end
+    sched.add(unbounded)
+    assert unbounded.cells == 6
     assert run_step(sched).admitted == [a]
     with pytest.raises(ValueError, match="at least one sequence"):
         pooled(n_slots=2, cells=5, max_seq=6)
