@@ -121,6 +121,14 @@ def context_needed(history_chars: int, max_output_tokens: int) -> int:
     return -(-tokens // 256) * 256
 
 
+def check_kv_pool(engine: EngineSettings) -> None:
+    if engine.kv_pool_tokens < engine.context_length:
+        raise ValueError(
+            f"engine.kv_cache_tokens ({engine.kv_pool_tokens}) must be at least "
+            f"engine.context_length ({engine.context_length}): one sequence may use all of it"
+        )
+
+
 class EngineSettings(BaseModel):
     """The embedded llama.cpp engine."""
 
@@ -137,6 +145,12 @@ class EngineSettings(BaseModel):
     # turns flash attention on, which llama.cpp needs for a quantized V cache. f16 by default:
     # q8_0 tips the bundled model's greedy answers to factual questions (bench/KERNELS.md).
     kv_type: str = "f16"
+    # The KV cache's cells (tokens), one pool shared by all sequences, each of which may still
+    # use up to `context_length` of them: a request starts only once the pool can hold its prompt
+    # and `max_tokens`, after evicting idle cached prefixes. Unset: twice `context_length` (the
+    # two longest conversations at once, or many shorter ones). At least `context_length`; from
+    # `n_parallel * context_length` up, each sequence gets cells of its own instead.
+    kv_cache_tokens: int | None = Field(default=None, gt=0)
     # The bundled model's weights: "q4_1" as shipped, or that file requantized once into
     # `data_dir/models` (checked by hash, never downloaded) to a type with faster CPU kernels.
     # Q4_0 by default: llama.cpp repacks it and runs its fast matrix kernels, which Q4_1 gets none
@@ -165,6 +179,18 @@ class EngineSettings(BaseModel):
         if value.lower() not in KV_TYPES:
             raise ValueError(f"engine.kv_type {value!r} is not one of {', '.join(KV_TYPES)}")
         return value.lower()
+
+    @property
+    def kv_pool_tokens(self) -> int:
+        """`kv_cache_tokens`, or its default."""
+        return self.kv_cache_tokens if self.kv_cache_tokens is not None else 2 * self.context_length
+
+    @model_validator(mode="after")
+    def _pool_holds_a_context(self) -> EngineSettings:
+        # An unset context is sized for the endpoints later (`Settings`), and checked then.
+        if "context_length" in self.model_fields_set:
+            check_kv_pool(self)
+        return self
 
     @field_validator("model_quant")
     @classmethod
@@ -367,6 +393,7 @@ class Settings(BaseSettings):
                 self.engine.context_length = max(
                     context_needed(e.max_total_chars, e.max_output_tokens) for e in embedded
                 )
+        check_kv_pool(self.engine)
         return self
 
     @property

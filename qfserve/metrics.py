@@ -148,6 +148,12 @@ class _EngineCollector(Collector):
         generated = CounterMetricFamily(
             "qfserve_generation_tokens", "Tokens generated.", labels=["endpoint"]
         )
+        kv_cells = GaugeMetricFamily(
+            "qfserve_kv_cells",
+            "Cells of a KV cache pool shared by the sequences: total, reserved by running "
+            "sequences (prompt plus max tokens), held by idle slots' cached prefixes.",
+            labels=["endpoint", "state"],
+        )
         labels = ["endpoint", "upstream"]
         healthy = GaugeMetricFamily(
             "qfserve_upstream_healthy", "1 while a remote replica passes its checks.", labels=labels
@@ -210,6 +216,10 @@ class _EngineCollector(Collector):
             prompt.add_metric([name], stats.prompt_tokens)
             cached.add_metric([name], stats.cached_prompt_tokens)
             generated.add_metric([name], stats.generated_tokens)
+            if stats.kv_pool_cells:
+                kv_cells.add_metric([name, "total"], stats.kv_pool_cells)
+                kv_cells.add_metric([name, "reserved"], stats.kv_cells_reserved)
+                kv_cells.add_metric([name, "cached"], stats.kv_cells_cached)
             for tier in stats.prefix_tiers:
                 key = [name, tier.tier]
                 tier_budget.add_metric(key, tier.budget_bytes)
@@ -232,6 +242,7 @@ class _EngineCollector(Collector):
             prompt,
             cached,
             generated,
+            kv_cells,
             *tier_families,
             healthy,
             outstanding,

@@ -135,6 +135,11 @@ class EngineStats:
     cached_prompt_tokens: int
     generated_tokens: int
     prefix_tiers: tuple[TierStats, ...] = ()
+    # A KV cache shared by all sequences: its cells (0: none, each sequence has its own), those
+    # the running sequences reserved, and those the idle slots' cached prefixes hold.
+    kv_pool_cells: int = 0
+    kv_cells_reserved: int = 0
+    kv_cells_cached: int = 0
 
 
 class Engine(Protocol):

@@ -90,20 +90,22 @@ def _deliver(items: list[tuple[asyncio.Queue[Item], Item]]) -> None:
 class LlamaCppEngine:
     """The Engine protocol over llama.cpp, several sequences per `llama_decode`.
 
-    The KV cache has `n_parallel` streams of `context_length` cells, one per slot
-    (`kv_unified=False`). A unified pool would let one sequence outgrow `context_length`, which
-    the engine forbids anyway, and it makes every sequence attend over the whole pool: measured
-    on the bundled model, a prompt's logits moved by up to 1.1 when decoded beside 7 others (so
-    greedy answers changed with the load), against bit-identical logits with one stream each.
+    The KV cache is one pool of `kv_cache_tokens` cells shared by the slots (`kv_unified`): any
+    sequence may use up to `context_length` of them, and the scheduler admits a request only
+    when the pool can hold its prompt and `max_tokens`, so no decode runs out of cells. A pool of
+    `n_parallel * context_length` cells or more gives each slot a stream of its own instead.
+    In the shared pool every token's attention spans the cells of all sequences, masked, so
+    flash attention is turned on: ggml's CPU kernel skips masked cells, the other path does not.
+    Which attention kernel runs depends on the batch and on the cells in use, so a greedy answer
+    may change with the load (also with a stream per slot, once a context passes 512
+    tokens).
     """
 
-    def __init__(
-        self, settings: EngineSettings, model_path: str, name: str, *, kv_unified: bool = False
-    ) -> None:
+    def __init__(self, settings: EngineSettings, model_path: str, name: str) -> None:
         self.settings = settings
         self.model_path = model_path
         self.name = name
-        self.kv_unified = kv_unified
+        self.kv_unified = settings.kv_pool_tokens < settings.n_parallel * settings.context_length
         self._model: LlamaModel | None = None
         self._ctx: Any = None
         self._mem: Any = None
@@ -131,6 +133,8 @@ class LlamaCppEngine:
             max_wait_seconds=settings.max_wait_seconds,
             prefill_chunk=settings.prefill_chunk,
             stored_prefix=self._tiers.longest if self._tiers is not None else None,
+            pool_cells=settings.kv_pool_tokens if self.kv_unified else None,
+            max_seq_cells=settings.context_length,
         )
         self._keys = itertools.count(1)
         self._out: list[tuple[_Live, Item]] = []
@@ -231,7 +235,13 @@ class LlamaCppEngine:
         live = _Live(loop, out, request, StopMatcher(request.sampling.stop))
         if request.grammar is not None:
             live.grammar = await self._grammar_sampler(request.grammar)
-        seq: Seq = SeqState(next(self._keys), tokens, time.monotonic(), live)
+        seq: Seq = SeqState(
+            next(self._keys),
+            tokens,
+            time.monotonic(),
+            live,
+            max_tokens=request.sampling.max_tokens,
+        )
         # Under the admission lock, so a request is either refused or seen by the engine thread.
         try:
             self._admission.enter(then=lambda: self._inbox.put(seq))
@@ -283,8 +293,15 @@ class LlamaCppEngine:
             self._n_ctx_seq = min(s.context_length, model.n_ctx_train or s.context_length)
             if s.n_parallel > llama_cpp.llama_max_parallel_sequences():
                 raise EngineUnavailable(f"n_parallel {s.n_parallel} exceeds llama.cpp's maximum")
+            if s.kv_pool_tokens < s.context_length:
+                raise EngineUnavailable(
+                    f"engine.kv_cache_tokens {s.kv_pool_tokens} is less than one sequence's "
+                    f"context_length {s.context_length}"
+                )
+            # The scheduler's sequences may use up to this many cells each.
+            self._sched.max_seq_cells = self._n_ctx_seq
             params = llama_cpp.llama_context_default_params()
-            params.n_ctx = s.n_parallel * self._n_ctx_seq
+            params.n_ctx = s.kv_pool_tokens if self.kv_unified else s.n_parallel * self._n_ctx_seq
             # One step holds at most one token per slot plus the prefill budget.
             params.n_batch = s.prefill_chunk + s.n_parallel
             params.n_ubatch = min(params.n_batch, 512)
@@ -293,8 +310,9 @@ class LlamaCppEngine:
             params.kv_unified = self.kv_unified
             params.no_perf = True
             params.type_k = params.type_v = kv_ggml_type(s.kv_type)
-            if params.type_v not in _UNQUANTIZED:
-                # llama.cpp refuses a quantized V cache without flash attention.
+            if self.kv_unified or params.type_v not in _UNQUANTIZED:
+                # llama.cpp refuses a quantized V cache without flash attention, and in a shared
+                # pool attention without it computes over every sequence's cells.
                 params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             ctx = llama_cpp.llama_init_from_model(model.ptr, params)
             if not ctx:
@@ -434,6 +452,9 @@ class LlamaCppEngine:
                 logger.exception("engine %s: the prefix cache failed", self.name)
                 llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
                 self._sched.forget_prefix(seq)
+        # The cells the scheduler counted as freed for this request must be free before it
+        # decodes (done already, after saving them, if the tiers are on).
+        self._evict(seq, None)
         # Drop the slot's cached tokens past the shared prefix; only recurrent models refuse a
         # partial removal, and they start from scratch.
         if not llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1):
@@ -463,14 +484,10 @@ class LlamaCppEngine:
             tiers.missed()
         displaced = seq.displaced
         seq.displaced = []
-        if (
-            len(displaced) >= BLOCK
-            and seq.n_past < KEEP_AT_LEAST * len(displaced)
-            and not tiers.holds(displaced)
-        ):
-            state = self._read_state(seq.slot)
-            if state is not None:
-                tiers.save(displaced, state)
+        if seq.n_past < KEEP_AT_LEAST * len(displaced):
+            self._save(tiers, seq.slot, displaced)
+        # Before restoring: the restored state needs the cells they free.
+        self._evict(seq, tiers)
         if found is not None:
             if self._write_state(seq.slot, found):
                 self._sched.restored(seq, found.length)
@@ -478,6 +495,25 @@ class LlamaCppEngine:
                 logger.warning("engine %s: a saved state did not restore", self.name)
                 tiers.discard(found)
                 self._sched.forget_prefix(seq)
+
+    def _save(self, tiers: PrefixCache, slot: int, cached: list[int]) -> None:
+        """Save the slot's state of `cached` to the tiers, unless it is short or held already."""
+        if len(cached) >= BLOCK and not tiers.holds(cached):
+            state = self._read_state(slot)
+            if state is not None:
+                tiers.save(cached, state)
+
+    def _evict(self, seq: Seq, tiers: PrefixCache | None) -> None:
+        """Clear the idle slots whose cached prefixes the scheduler evicted to make room for
+        `seq`, saving each to the tiers first (as a displaced slot is) if `tiers` is given."""
+        evicted, seq.evicted = seq.evicted, []
+        try:
+            if tiers is not None:
+                for slot, cached in evicted:
+                    self._save(tiers, slot, cached)
+        finally:
+            for slot, _ in evicted:
+                llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
 
     def _read_state(self, slot: int) -> bytearray | None:
         size = llama_cpp.llama_state_seq_get_size_ext(self._ctx, slot, 0)

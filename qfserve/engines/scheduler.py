@@ -21,6 +21,14 @@ One engine step, `Scheduler.schedule(now)` (or `admit(now)`, then `plan(step)`):
    any slot takes the least recently used idle slot instead (the restored state replaces that
    slot's whole cache); the engine restores it and reports the tokens it got (`restored`).
    The slot's previous tokens go with the request (`displaced`), for the engine to save first.
+   With a shared KV pool (`pool_cells`), a request is admitted only when the pool can hold its
+   whole reservation, its prompt plus `max_tokens` (capped at `max_seq_cells`), counting the
+   reservations of running sequences and the cached prefixes of idle slots as held. When cells
+   are short, other idle slots' cached prefixes are evicted, least recently used first; they go
+   with the request (`evicted`) for the engine to save and clear before it uses the slot. If even
+   that would not make room, the request waits at the head of the queue and nobody behind it
+   goes first, so a long request is never starved by short ones; running sequences finishing
+   free its cells.
 3. Plan one batch: every sequence that is generating feeds its last sampled token (one token
    each, so running streams advance every step); sequences still prefilling share a budget of
    `prefill_chunk` prompt tokens per step, oldest first. A chunk that reaches the end of a
@@ -111,6 +119,13 @@ class SeqState(Generic[P]):
     # and how much of the prompt a saved state outside the slots covers (0: not enough more).
     displaced: list[int] = field(default_factory=list)
     n_stored: int = 0
+    # The most tokens the request may answer (0: up to the end of its context), and the KV cells
+    # it reserves in a shared pool (its prompt plus those), set by the scheduler when it is added.
+    max_tokens: int = 0
+    cells: int = 0
+    # Idle slots whose cached prefixes were evicted to make room for this request: (seq id,
+    # tokens), for the engine to save and clear before it uses its own slot.
+    evicted: list[tuple[int, list[int]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.n_prompt = len(self.tokens)
@@ -191,17 +206,27 @@ class Scheduler(Generic[P]):
         max_wait_seconds: float,
         prefill_chunk: int,
         stored_prefix: Callable[[Sequence[int]], int] | None = None,
+        pool_cells: int | None = None,
+        max_seq_cells: int | None = None,
     ) -> None:
+        """`pool_cells`: the KV cells all slots share (None: each slot has cells of its own, no
+        accounting). `max_seq_cells`: the most cells one sequence can hold (its context)."""
         if n_slots < 1 or prefill_chunk < 1:
             raise ValueError("n_slots and prefill_chunk must be at least 1")
+        if pool_cells is not None and pool_cells < (max_seq_cells or 1):
+            raise ValueError("the KV pool must hold at least one sequence's context")
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
         self.max_wait_seconds = max_wait_seconds
         self.prefill_chunk = prefill_chunk
         self.stored_prefix = stored_prefix
+        self.pool_cells = pool_cells
+        self.max_seq_cells = max_seq_cells or pool_cells
         self.waiting: deque[SeqState[P]] = deque()
         # Insertion order is admission order: prefill budget goes to the oldest first.
         self.running: dict[int, SeqState[P]] = {}
         self._tick = 0
+        # Pool cells the running sequences reserved (their prompts plus `max_tokens`).
+        self.cells_reserved = 0
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self.generated_tokens = 0
@@ -213,6 +238,11 @@ class Scheduler(Generic[P]):
     def add(self, seq: SeqState[P]) -> None:
         if seq.n_prompt == 0:
             raise ValueError("a prompt needs at least one token")
+        # Without a `max_tokens`, the sequence may grow to the end of its context.
+        cells = seq.n_prompt + seq.max_tokens if seq.max_tokens > 0 else None
+        if self.max_seq_cells is not None:
+            cells = min(cells or self.max_seq_cells, self.max_seq_cells)
+        seq.cells = cells or seq.n_prompt
         self.waiting.append(seq)
 
     def schedule(self, now: float) -> Step[P]:
@@ -227,8 +257,15 @@ class Scheduler(Generic[P]):
         if self.waiting:
             self._expire(now, step)
         while self.waiting and len(self.running) < len(self.slots):
-            self._admit(self.waiting.popleft(), step)
+            if not self._admit(self.waiting[0], step):
+                break
+            self.waiting.popleft()
         return step
+
+    @property
+    def cells_cached(self) -> int:
+        """Pool cells the idle slots' cached prefixes hold."""
+        return sum(len(slot.cached) for slot in self.slots if not slot.busy)
 
     def plan(self, step: Step[P]) -> None:
         """Step 3: the batch's chunks."""
@@ -255,6 +292,7 @@ class Scheduler(Generic[P]):
         """Free the sequence's slot. Idempotent. Without `keep_cache` the engine cleared its KV."""
         if self.running.pop(seq.key, None) is None:
             return
+        self.cells_reserved -= seq.cells
         slot = self.slots[seq.slot]
         slot.busy = False
         slot.cached = seq.tokens[: seq.n_past] if keep_cache else []
@@ -299,12 +337,16 @@ class Scheduler(Generic[P]):
         return evicted
 
     def stats(self) -> EngineStats:
+        pooled = self.pool_cells is not None
         return EngineStats(
             running=len(self.running),
             waiting=len(self.waiting),
             prompt_tokens=self.prompt_tokens,
             cached_prompt_tokens=self.cached_prompt_tokens,
             generated_tokens=self.generated_tokens,
+            kv_pool_cells=self.pool_cells or 0,
+            kv_cells_reserved=self.cells_reserved if pooled else 0,
+            kv_cells_cached=self.cells_cached if pooled else 0,
         )
 
     def _expire(self, now: float, step: Step[P]) -> None:
@@ -316,7 +358,8 @@ class Scheduler(Generic[P]):
             (step.expired if seq.arrival <= deadline else keep).append(seq)
         self.waiting = keep
 
-    def _admit(self, seq: SeqState[P], step: Step[P]) -> None:
+    def _admit(self, seq: SeqState[P], step: Step[P]) -> bool:
+        """Give `seq` a slot; False, changing nothing, if the pool cannot hold it yet."""
         slot = choose_slot(self.slots, seq.tokens)
         assert slot is not None  # the caller checked that a slot is idle
         reuse = min(common_prefix_length(slot.cached, seq.tokens), seq.n_prompt - 1)
@@ -326,11 +369,42 @@ class Scheduler(Generic[P]):
             if stored >= reuse + MIN_RESTORE_GAIN:
                 slot = least_recent_idle(self.slots) or slot
                 reuse = min(common_prefix_length(slot.cached, seq.tokens), seq.n_prompt - 1)
+        evicted = self._make_room(seq, slot)
+        if evicted is None:
+            return False
+        seq.evicted = [(victim.seq_id, victim.cached) for victim in evicted]
+        for victim in evicted:
+            victim.cached = []
         seq.displaced = slot.cached
         seq.n_stored = stored if stored >= reuse + MIN_RESTORE_GAIN else 0
         slot.busy, slot.cached = True, []
         seq.slot, seq.n_past, seq.n_cached = slot.seq_id, max(0, reuse), max(0, reuse)
         self.running[seq.key] = seq
+        self.cells_reserved += seq.cells
         self.prompt_tokens += seq.n_prompt
         self.cached_prompt_tokens += seq.n_cached
         step.admitted.append(seq)
+        return True
+
+    def _make_room(self, seq: SeqState[P], slot: Slot) -> list[Slot] | None:
+        """The idle slots, least recently used first, whose cached prefixes must go for the pool
+        to hold `seq` in `slot` (whose own cache becomes part of `seq`'s cells or is dropped);
+        None if even evicting every one would not be enough."""
+        if self.pool_cells is None:
+            return []
+        free = self.pool_cells - self.cells_reserved - self.cells_cached + len(slot.cached)
+        if seq.cells <= free:
+            return []
+        victims = sorted(
+            (s for s in self.slots if not s.busy and s is not slot and s.cached),
+            key=lambda s: s.last_used,
+        )
+        if seq.cells > free + sum(len(s.cached) for s in victims):
+            return None
+        evicted: list[Slot] = []
+        for victim in victims:
+            if seq.cells <= free:
+                break
+            evicted.append(victim)
+            free += len(victim.cached)
+        return evicted

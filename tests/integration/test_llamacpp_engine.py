@@ -89,21 +89,25 @@ def test_one_greedy_request_answers_coherently(engine: LlamaCppEngine) -> None:
     assert reason == "stop" and 0 < count < 48
 
 
-def test_concurrent_answers_start_like_sequential_ones(engine: LlamaCppEngine) -> None:
-    async def sequential() -> list[str]:
-        return [(await collect(engine.generate(request(engine, q, 32))))[0] for q in QUESTIONS]
+def test_concurrent_answers_start_like_sequential_ones() -> None:
+    # A context of its own per sequence, not the shared pool: see test_batching.
+    engine = make_engine(kv_cache_tokens=8 * 1024)
 
-    async def concurrent() -> list[str]:
-        answers = await asyncio.gather(
-            *(collect(engine.generate(request(engine, q, 32))) for q in QUESTIONS)
-        )
-        return [a[0] for a in answers]
+    async def scenario() -> None:
+        await engine.start()
+        try:
+            alone = [(await collect(engine.generate(request(engine, q, 32))))[0] for q in QUESTIONS]
+            together = await asyncio.gather(
+                *(collect(engine.generate(request(engine, q, 32))) for q in QUESTIONS)
+            )
+            # Batched float arithmetic is not bit-identical to single-sequence decoding, so
+            # answers may drift late; their first 20 tokens must agree.
+            for a, (b, _, _) in zip(alone, together, strict=True):
+                assert engine.tokenize(a)[:20] == engine.tokenize(b)[:20], (a, b)
+        finally:
+            await engine.close()
 
-    alone, together = asyncio.run(sequential()), asyncio.run(concurrent())
-    # Batched float arithmetic is not bit-identical to single-sequence decoding, so answers may
-    # drift late; their first 20 tokens must agree.
-    for a, b in zip(alone, together, strict=True):
-        assert engine.tokenize(a)[:20] == engine.tokenize(b)[:20], (a, b)
+    asyncio.run(scenario())
 
 
 def test_closing_the_iterator_frees_the_sequence(engine: LlamaCppEngine) -> None:

@@ -29,7 +29,10 @@ def question(topic: str) -> str:
 
 
 def make_engine(**overrides: object) -> LlamaCppEngine:
-    settings = EngineSettings(n_threads=2, context_length=1024, n_parallel=2, seed=7)
+    # Two slots share a pool of one and a half contexts (states saved from and restored into it).
+    settings = EngineSettings(
+        n_threads=2, context_length=1024, kv_cache_tokens=1536, n_parallel=2, seed=7
+    )
     return LlamaCppEngine(settings.model_copy(update=overrides), str(bundled_model_path()), "test")
 
 

@@ -69,3 +69,30 @@ def test_the_context_holds_the_longest_history_and_answer(
     assert load_settings(config).engine.context_length == context_needed(500, 1024) == 2048
     monkeypatch.setenv("QFSERVE_ENGINE__CONTEXT_LENGTH", "1000")
     assert load_settings(config).engine.context_length == 1000
+
+
+def test_the_kv_pool_holds_two_contexts_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().engine.kv_pool_tokens == 2 * 6144
+    config = tmp_path / "qfserve.toml"
+    config.write_text(
+        '[[endpoints]]\nname = "a"\nmax_total_chars = 500\nmax_output_tokens = 1024\n'
+    )
+    assert load_settings(config).engine.kv_pool_tokens == 2 * 2048
+    monkeypatch.setenv("QFSERVE_ENGINE__KV_CACHE_TOKENS", "3000")
+    assert load_settings(config).engine.kv_pool_tokens == 3000
+
+
+def test_a_kv_pool_smaller_than_one_context_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QFSERVE_ENGINE__KV_CACHE_TOKENS", "4096")
+    # The default context, sized for the endpoints' limits, is 6,144 tokens.
+    with pytest.raises(ValueError, match=r"kv_cache_tokens \(4096\) must be at least"):
+        load_settings()
+    monkeypatch.setenv("QFSERVE_ENGINE__CONTEXT_LENGTH", "4097")
+    with pytest.raises(ValueError, match=r"engine.context_length \(4097\)"):
+        load_settings()
+    monkeypatch.setenv("QFSERVE_ENGINE__CONTEXT_LENGTH", "4096")
+    assert load_settings().engine.kv_pool_tokens == 4096

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 
 import pytest
@@ -331,3 +332,141 @@ def test_admission_wait_idle() -> None:
     assert not gate.wait_idle(0.01)
     threading.Timer(0.05, gate.leave).start()
     assert gate.wait_idle(5.0)
+
+
+# -- a KV pool shared by the slots ----------------------------------------------------------------
+
+
+def pooled(n_slots: int, cells: int, *, max_seq: int | None = None) -> Scheduler[None]:
+    return Scheduler(
+        n_slots=n_slots,
+        max_wait_seconds=10.0,
+        prefill_chunk=64,
+        pool_cells=cells,
+        max_seq_cells=max_seq or cells,
+    )
+
+
+def ask(key: int, prompt: list[int], max_tokens: int, arrival: float = 0.0) -> Seq:
+    return SeqState(key, list(prompt), arrival, None, max_tokens=max_tokens)
+
+
+def test_a_request_waits_until_the_pool_holds_its_prompt_and_max_tokens() -> None:
+    sched = pooled(n_slots=3, cells=20)
+    a, b, c = ask(1, [1] * 5, 5), ask(2, [2] * 5, 5), ask(3, [3] * 3, 2)
+    for s in (a, b, c):
+        sched.add(s)
+    step = run_step(sched)
+    # A slot is idle, but a and b reserved all 20 cells.
+    assert step.admitted == [a, b] and list(sched.waiting) == [c]
+    assert sched.stats().kv_cells_reserved == 20
+    sched.finish(b, keep_cache=False)
+    assert run_step(sched).admitted == [c] and c.evicted == []
+    stats = sched.stats()
+    assert (stats.kv_pool_cells, stats.kv_cells_reserved, stats.kv_cells_cached) == (20, 15, 0)
+
+
+def test_idle_cached_prefixes_are_evicted_least_recently_used_first() -> None:
+    sched = pooled(n_slots=4, cells=16)
+    sched.slots[0].cached, sched.slots[0].last_used = [1, 1, 1, 1], 2
+    sched.slots[1].cached, sched.slots[1].last_used = [2, 2, 2, 2], 1
+    sched.slots[2].cached, sched.slots[2].last_used = [3, 3, 3, 3], 3
+    # Slot 3 is empty: the new request takes it, and 10 cells need two of the idle prefixes
+    # gone, the least recently used first.
+    new = ask(1, [9] * 6, 4)
+    sched.add(new)
+    run_step(sched)
+    assert new.slot == 3
+    assert new.evicted == [(1, [2, 2, 2, 2]), (0, [1, 1, 1, 1])]
+    assert [slot.cached for slot in sched.slots[:3]] == [[], [], [3, 3, 3, 3]]
+    assert sched.stats().kv_cells_cached == 4
+
+
+def test_the_reused_prefix_counts_as_already_held() -> None:
+    sched = pooled(n_slots=3, cells=14)
+    history = [5, 6, 7, 8, 9, 10]
+    sched.slots[0].cached, sched.slots[0].last_used = list(history), 1
+    other = ask(1, [1, 2], 2)  # 4 cells, in an empty slot
+    sched.add(other)
+    run_step(sched)
+    assert other.slot != 0 and other.evicted == []
+    # The next turn's 10 cells include the 6 its slot caches: 4 + 10 fit in 14, nothing goes.
+    turn = ask(2, [*history, 11], 3)
+    sched.add(turn)
+    run_step(sched)
+    assert turn.slot == 0 and turn.n_cached == 6 and turn.evicted == []
+    sched.finish(turn)
+    sched.slots[0].cached = list(history)
+    # An unrelated prompt of as many cells takes the empty slot and needs the history evicted.
+    unrelated = ask(3, [4] * 7, 3)
+    sched.add(unrelated)
+    run_step(sched)
+    assert unrelated.slot == 2 and unrelated.evicted == [(0, history)]
+
+
+def test_a_long_request_is_not_overtaken_by_shorter_ones() -> None:
+    sched = pooled(n_slots=4, cells=12)
+    running = ask(1, [1] * 4, 4)  # 8 cells
+    sched.add(running)
+    run_step(sched)
+    long, short = ask(2, [2] * 6, 4), ask(3, [3], 1)  # 10 cells, 2 cells
+    sched.add(long)
+    sched.add(short)
+    # The short one would fit beside the running one, but it arrived after the long one.
+    assert run_step(sched).admitted == [] and list(sched.waiting) == [long, short]
+    sched.finish(running)
+    # The running sequence's cache is evicted for the long one; then the short one fits too.
+    assert run_step(sched).admitted == [long, short]
+    assert long.evicted == [(running.slot, running.tokens[: running.n_past])]
+
+
+def test_a_reservation_is_capped_at_the_context() -> None:
+    sched = pooled(n_slots=2, cells=10, max_seq=6)
+    a, b = ask(1, [1] * 3, 100), ask(2, [2] * 3, 100)
+    sched.add(a)
+    sched.add(b)
+    # A sequence ends at the context's end whatever max_tokens says: 6 cells each, not 103.
+    assert (a.cells, b.cells) == (6, 6)
+    unbounded = seq(3, [3])  # no max_tokens: it may grow to the context's end
+    sched.add(unbounded)
+    assert unbounded.cells == 6
+    assert run_step(sched).admitted == [a]
+    with pytest.raises(ValueError, match="at least one sequence"):
+        pooled(n_slots=2, cells=5, max_seq=6)
+
+
+def test_a_busy_pool_never_holds_more_than_its_cells_and_everyone_finishes() -> None:
+    rng = random.Random(7)
+    pool, context = 64, 32
+    sched = pooled(n_slots=4, cells=pool, max_seq=context)
+    conversations = [[rng.randrange(4)] * 12 for _ in range(6)]
+    pending: list[Seq] = []
+    for key in range(1, 81):
+        history = conversations[key % len(conversations)]
+        prompt = [*history, 50 + key][-(context - 8) :]
+        pending.append(ask(key, prompt, rng.randint(4, 12), arrival=float(key)))
+    done: list[Seq] = []
+    waited_for_cells = 0
+    for _ in range(10_000):
+        while pending and rng.random() < 0.4:
+            sched.add(pending.pop(0))
+        step = run_step(sched, now=0.0)
+        for s in step.admitted:
+            assert s.cells <= context
+        reserved = sum(s.cells for s in sched.running.values())
+        cached = sum(len(slot.cached) for slot in sched.slots if not slot.busy)
+        assert sum(s.n_past for s in sched.running.values()) <= reserved
+        assert reserved + cached <= pool
+        stats = sched.stats()
+        assert (stats.kv_cells_reserved, stats.kv_cells_cached) == (reserved, cached)
+        if sched.waiting and len(sched.running) < len(sched.slots):
+            waited_for_cells += 1
+        for s in list(sched.running.values()):
+            if s.n_generated >= s.max_tokens:
+                sched.finish(s)
+                conversations[s.key % len(conversations)] = s.tokens[: s.n_past]
+                done.append(s)
+        if not pending and not sched.has_work:
+            break
+    assert sorted(s.key for s in done) == list(range(1, 81))
+    assert waited_for_cells > 0, "the pool, not the slots, should have held requests back"
