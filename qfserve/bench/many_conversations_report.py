@@ -180,8 +180,8 @@ def markdown(results: dict[str, Any], command: str = "") -> str:
         f"start), Python {m['python']}, llama-cpp-python {m['llama_cpp_python']}, "
         f"qfserve {m['qfserve']} ({m['git_commit']}).",
         "",
-        f"Model `{cfg['model']}`, {cfg['threads']} threads, {cfg['parallel']} slots of "
-        f"{cfg['n_ctx']} tokens on every server. {cfg['conversations']} conversations "
+        f"Model `{cfg['model']}`, {cfg['threads']} threads, {cfg['parallel']} slots of up to "
+        f"{cfg['n_ctx']} tokens on every server{_pool(cfg)}. {cfg['conversations']} conversations "
         f"({', '.join(cfg['languages'])}) of {cfg['turns']} turns, played round-robin by "
         f"{cfg['parallel']} clients: turn 1 of every conversation, then turn 2 of every one, and "
         f"so on, so that a returning turn finds its slot taken by others. Every answer: at most "
@@ -245,3 +245,8 @@ def write(results: dict[str, Any], output: Path, command: str) -> str:
         json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
     return text
+
+
+def _pool(cfg: dict[str, Any]) -> str:
+    pool = cfg.get("kv_pool_tokens")
+    return f", sharing one KV pool of {pool} cells" if pool else ""

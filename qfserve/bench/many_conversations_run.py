@@ -144,6 +144,7 @@ async def run_many(options: ManyOptions, console: Console) -> dict[str, Any]:
             "model": recorded_path(options.model),
             "threads": options.threads,
             "n_ctx": options.n_ctx,
+            "kv_pool_tokens": peer_mod.shared_pool(options.parallel, options.n_ctx),
             "parallel": options.parallel,
             "conversations": options.conversations,
             "turns": options.turns,

@@ -276,21 +276,36 @@ async def start_llama_server(
     workdir: Path,
     endpoint: str = "llama_2_7b",
 ) -> Peer:
-    """llama.cpp's own C++ server with as many slots as qfserve has sequences, each with
-    qfserve's context per sequence, qfserve's default loop guard and KV cache type, and its
-    other settings at their defaults (its host-RAM prompt cache, `--cache-ram`, among them).
-    `scripts/llama_server.sh` builds the binary from the llama.cpp that llama-cpp-python
-    vendors, to compare like with like."""
+    """llama.cpp's own C++ server with as many slots as qfserve has sequences, its KV cache laid
+    out as qfserve's default (one pool of as many cells, or a context of `n_ctx` per slot),
+    qfserve's default loop guard and KV cache type, and its other settings at their defaults
+    (its host-RAM prompt cache, `--cache-ram`, among them). `scripts/llama_server.sh` builds the
+    binary from the llama.cpp that llama-cpp-python vendors, to compare like with like."""
     port = free_port()
     command = [
         str(binary), "--model", str(model), "--alias", endpoint,
         "--threads", str(threads), "--threads-batch", str(threads),
-        "--parallel", str(n_parallel), "--ctx-size", str(n_parallel * n_ctx),
+        "--parallel", str(n_parallel), *qfserve_kv_flags(n_parallel, n_ctx),
         "--host", "127.0.0.1", "--port", str(port),
         *qfserve_sampling_flags(),
     ]  # fmt: skip
     log = workdir / "llama_server.log"
     return await _start_openai_server(LLAMA_SERVER, command, port, endpoint, log, "/health")
+
+
+def shared_pool(n_parallel: int, n_ctx: int) -> int | None:
+    """The cells of the KV pool qfserve's slots share by default, for `n_parallel` sequences of
+    `n_ctx` tokens; None when the pool holds a context per slot (each slot has its own)."""
+    pool = EngineSettings(context_length=n_ctx).kv_pool_tokens
+    return None if pool >= n_parallel * n_ctx else pool
+
+
+def qfserve_kv_flags(n_parallel: int, n_ctx: int) -> list[str]:
+    """llama-server's flags for the KV cache laid out as qfserve's default."""
+    pool = shared_pool(n_parallel, n_ctx)
+    if pool is None:
+        return ["--ctx-size", str(n_parallel * n_ctx), "--no-kv-unified"]
+    return ["--ctx-size", str(pool), "--kv-unified"]
 
 
 def qfserve_sampling_flags() -> list[str]:

@@ -376,7 +376,7 @@ NOTES = [
     "  resending the whole history with the model's own answers, trimmed so the 8th turn lands",
     "  under the 2,000-character limit; each turn's TTFT is a 2-token probe.",
     "- r1-r3: llama.cpp's C++ `llama-server` (built by scripts/llama_server.sh from the llama.cpp",
-    "  that llama-cpp-python vendors) on the same model, threads, slots and context per slot,",
+    "  that llama-cpp-python vendors) on the same model, threads, slots and KV cache layout,",
     "  with qfserve's default loop guard (DRY) and KV cache type: the reference. r1 and b2 are",
     "  context: prompts here are about as long as answers, and prefill does not batch much",
     "  better than decoding on 2 cores, so no server reaches a decode-only batching gain.",

@@ -6,7 +6,7 @@ import pytest
 
 from qfserve.bench.kernels import Variant, parse_variants
 from qfserve.bench.loopguard import GUARDS, guard_lines, parse_guards
-from qfserve.bench.peers import qfserve_sampling_flags
+from qfserve.bench.peers import qfserve_kv_flags, qfserve_sampling_flags
 from qfserve.config import EndpointSettings, EngineSettings
 
 
@@ -40,3 +40,8 @@ def test_llama_server_samples_with_qfserves_loop_guard() -> None:
     assert float(given["--dry-multiplier"]) == endpoint.dry_multiplier > 0
     assert int(given["--dry-penalty-last-n"]) == endpoint.dry_last_n
     assert given["--cache-type-k"] == given["--cache-type-v"] == EngineSettings().kv_type
+
+
+def test_llama_server_lays_its_kv_cache_out_as_qfserve_does() -> None:
+    assert qfserve_kv_flags(8, 6144) == ["--ctx-size", str(2 * 6144), "--kv-unified"]
+    assert qfserve_kv_flags(1, 6144) == ["--ctx-size", "6144", "--no-kv-unified"]
