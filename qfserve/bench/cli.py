@@ -212,9 +212,10 @@ def bench(
         str | None,
         typer.Option(
             metavar="LIST",
-            help="With --kernels or --memory: weight types, each optionally with `:KV_TYPE` and "
-            "`:CONTEXT` (q4_1:q8_0:4096). Default: q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0 "
-            "(--kernels); q4_1,q4_1:q8_0,q4_1:q8_0:4096 (--memory). With "
+            help="With --kernels or --memory: weight types, each optionally with `:KV_TYPE`, "
+            "`:CONTEXT` and `:POOL` (q4_0:f16:6144:49152, the KV pool's cells). Default: "
+            "q4_1,q4_0,q8_0,q4_k_m,q4_1:q8_0 (--kernels); q4_0,q4_0:f16:6144:49152,q4_0:q8_0 "
+            "(--memory). With "
             f"{MANY_CONVERSATIONS}: the variants to run (default: {','.join(VARIANTS)}).",
         ),
     ] = None,
@@ -264,7 +265,7 @@ def bench(
                 )  # fmt: skip
             elif memory:
                 text = memory_mode(
-                    variants or "q4_1,q4_1:q8_0,q4_1:q8_0:4096", folder, threads, requests,
+                    variants or "q4_0,q4_0:f16:6144:49152,q4_0:q8_0", folder, threads, requests,
                     max_tokens or 128, output, _command_line(), console,
                 )  # fmt: skip
             else:

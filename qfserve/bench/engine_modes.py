@@ -175,6 +175,8 @@ def memory_mode(
         lines = ["[engine]", f'kv_type = "{variant.kv_type}"', "cache_ram_mb = 0"]
         if variant.context_length:
             lines.append(f"context_length = {variant.context_length}")
+        if variant.kv_cache_tokens:
+            lines.append(f"kv_cache_tokens = {variant.kv_cache_tokens}")
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         console.print(f"qfserve on {variant.name}")
         peer = await start_qfserve(
@@ -194,12 +196,17 @@ def memory_mode(
         finally:
             peer.stop()
         summary = summarize(run)
+        context = variant.context_length or context_needed(
+            SPEC_TOTAL_CHARS, EndpointSettings().max_output_tokens
+        )
+        engine = EngineSettings(context_length=context, kv_cache_tokens=variant.kv_cache_tokens)
         return {
             "name": variant.name,
             "quant": variant.quant,
             "kv_type": variant.kv_type,
-            "context_length": variant.context_length
-            or context_needed(SPEC_TOTAL_CHARS, EndpointSettings().max_output_tokens),
+            "context_length": context,
+            "kv_cache_tokens": engine.kv_pool_tokens,
+            "kv_shared": engine.kv_pool_tokens < engine.n_parallel * context,
             **{k: summary[k] for k in ("requests", "errors", "output_tokens_per_s", "loops")},
             "peak_rss_bytes": summary["peak_rss_bytes"],
         }
@@ -219,16 +226,17 @@ def memory_mode(
     )
     lines = _header("qfserve's memory", results, command, what)
     lines += [
-        "| weights, KV cache | context per sequence | peak RSS MB | output tok/s | errors "
-        "| looping answers |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| weights, KV cache | context per sequence | KV cells | peak RSS MB | output tok/s "
+        "| errors | looping answers |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         rss = "-" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / 2**20:.0f}"
         tps = "-" if r["output_tokens_per_s"] is None else f"{r['output_tokens_per_s']:.1f}"
+        layout = "one pool" if r["kv_shared"] else "a context per sequence"
         lines.append(
-            f"| {r['name']} | {r['context_length']} | {rss} | {tps} | {r['errors']} "
-            f"| {loops.cell(r['loops'])} |"
+            f"| {r['name']} | {r['context_length']} | {r['kv_cache_tokens']}, {layout} | {rss} "
+            f"| {tps} | {r['errors']} | {loops.cell(r['loops'])} |"
         )
     text = "\n".join(lines) + "\n"
     _write(text, results, output)

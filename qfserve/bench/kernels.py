@@ -42,29 +42,41 @@ class Variant:
     kv_type: str = "f16"
     # Tokens per sequence (`engine.context_length`); None: the tool's own choice.
     context_length: int | None = None
+    # The KV pool's cells (`engine.kv_cache_tokens`); None: the engine's default.
+    kv_cache_tokens: int | None = None
 
     @property
     def name(self) -> str:
         label = self.quant.upper()
         if self.kv_type != "f16":
             label += f", KV {self.kv_type}"
-        return label if self.context_length is None else f"{label}, ctx {self.context_length}"
+        if self.context_length is not None:
+            label += f", ctx {self.context_length}"
+        return label if self.kv_cache_tokens is None else f"{label}, pool {self.kv_cache_tokens}"
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """`q4_1,q8_0,q4_1:q8_0,q4_1:q8_0:4096`: weight types, each optionally with a KV cache type
-    and a context length per sequence after colons."""
+    """`q4_1,q8_0,q4_1:q8_0,q4_1:q8_0:4096,q4_0:f16:6144:49152`: weight types, each optionally
+    with a KV cache type, a context length per sequence and the KV pool's cells after colons."""
     found: list[Variant] = []
     for part in (p.strip().lower() for p in text.split(",")):
         if not part:
             continue
-        quant, kv_type, context, *rest = [*part.split(":"), "", ""]
+        quant, kv_type, context, pool, *rest = [*part.split(":"), "", "", ""]
         if quant not in MODEL_QUANTS or any(rest):
             raise ValueError(f"not a variant: {part!r} (weights among {', '.join(MODEL_QUANTS)})")
-        if context and not (context.isdigit() and int(context) > 0):
-            raise ValueError(f"not a context length: {context!r}")
+        for name, number in (("context length", context), ("KV pool size", pool)):
+            if number and not (number.isdigit() and int(number) > 0):
+                raise ValueError(f"not a {name}: {number!r}")
         EngineSettings(kv_type=kv_type or "f16")  # refuses an unknown KV type
-        found.append(Variant(quant, kv_type or "f16", int(context) if context else None))
+        found.append(
+            Variant(
+                quant,
+                kv_type or "f16",
+                int(context) if context else None,
+                int(pool) if pool else None,
+            )
+        )
     if not found:
         raise ValueError("no variants given")
     return found
@@ -149,6 +161,7 @@ async def run_kernels(
                 n_parallel=BATCH,
                 context_length=variant.context_length or 2048,
                 kv_type=variant.kv_type,
+                kv_cache_tokens=variant.kv_cache_tokens,
             )
             log(f"round {round_number}: {variant.name} ({path.name})")
             async with started(path, settings) as engine:

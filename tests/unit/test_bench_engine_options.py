@@ -10,17 +10,21 @@ from qfserve.bench.peers import qfserve_kv_flags, qfserve_sampling_flags
 from qfserve.config import EndpointSettings, EngineSettings
 
 
-def test_variants_name_weights_kv_type_and_context() -> None:
-    assert parse_variants("q4_1, Q8_0,q4_1:q8_0,q4_0:q8_0:4096") == [
+def test_variants_name_weights_kv_type_context_and_pool() -> None:
+    assert parse_variants("q4_1, Q8_0,q4_1:q8_0,q4_0:q8_0:4096,q4_0:f16:6144:49152") == [
         Variant("q4_1"),
         Variant("q8_0"),
         Variant("q4_1", "q8_0"),
         Variant("q4_0", "q8_0", 4096),
+        Variant("q4_0", "f16", 6144, 49152),
     ]
     assert Variant("q4_0", "q8_0", 4096).name == "Q4_0, KV q8_0, ctx 4096"
+    assert Variant("q4_0", kv_cache_tokens=49152).name == "Q4_0, pool 49152"
 
 
-@pytest.mark.parametrize("text", ["", "q5_k", "q4_1:q9", "q4_1:f16:big", "q4_1:f16:1:2"])
+@pytest.mark.parametrize(
+    "text", ["", "q5_k", "q4_1:q9", "q4_1:f16:big", "q4_1:f16:1:big", "q4_1:f16:1:2:3"]
+)
 def test_a_wrong_variant_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_variants(text)
