@@ -68,9 +68,11 @@ class EndpointSettings(BaseModel):
     dry_base: float = Field(default=1.75, ge=1)
     dry_allowed_length: int = Field(default=2, ge=1)
     dry_last_n: int = Field(default=1024, ge=0)
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    # DRY with a light presence penalty is the pair that kept the bundled model's answers from
+    # looping at its default sampling (bench/LOOPS.md); DRY alone let some loop.
+    presence_penalty: float = Field(default=0.3, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    penalty_last_n: int = Field(default=64, ge=0)
+    penalty_last_n: int = Field(default=256, ge=0)
     # A Jinja2 chat template overriding the GGUF's own `tokenizer.chat_template`;
     # "llama-2" selects Meta's `[INST] <<SYS>>` format.
     chat_template: str = ""
