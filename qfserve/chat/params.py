@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from qfserve.config import EndpointSettings
@@ -90,3 +91,13 @@ def loop_guard(endpoint: EndpointSettings) -> LoopGuard:
         frequency_penalty=endpoint.frequency_penalty,
         penalty_last_n=endpoint.penalty_last_n,
     )
+
+
+def structured_guard(guard: LoopGuard | None) -> LoopGuard | None:
+    """The loop guard of an answer held to a grammar (JSON, a tool call): DRY only. Presence and
+    frequency penalties would push it away from the quotes, commas and braces its structure
+    repeats by design, and a small model then wanders until the token cap; DRY's sequence
+    breakers already spare them."""
+    if guard is None:
+        return None
+    return dataclasses.replace(guard, presence_penalty=0.0, frequency_penalty=0.0)

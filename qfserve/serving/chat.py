@@ -4,6 +4,7 @@ and how the answer comes back (whole, or as sentence segments). No HTTP here: ro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,7 +24,13 @@ from qfserve.chat.formats import (
     openai_response_format,
     schema_text,
 )
-from qfserve.chat.params import QIANFAN, DialectRules, RequestedSampling, resolve_sampling
+from qfserve.chat.params import (
+    QIANFAN,
+    DialectRules,
+    RequestedSampling,
+    resolve_sampling,
+    structured_guard,
+)
 from qfserve.chat.safety import (
     ModeratorSource,
     StreamGuard,
@@ -144,6 +151,10 @@ class ChatServing:
         if grammar is not None and forced_call is not None:
             raise InvalidArgument(
                 "Invalid Argument: response_format cannot shape an answer that must be a tool call"
+            )
+        if grammar is not None or forced_call is not None:
+            sampling = dataclasses.replace(
+                sampling, loop_guard=structured_guard(sampling.loop_guard)
             )
         generation = GenerationRequest(
             request_id,

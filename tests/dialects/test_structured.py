@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from qfserve.chat.formats import JsonFormat, instruction, json_grammar
+from qfserve.config import EndpointSettings
 from tests.dialects.dialects import OPENAI, V1, V2, Ask, Dialect
 from tests.fake_engine import ANSWER
 from tests.inprocess import InProcess
@@ -74,6 +75,25 @@ def test_plain_text_has_no_grammar(qf: InProcess, shaped: Dialect) -> None:
     sent = qf.engine.last
     assert sent.grammar is None and sent.response_format is None
     assert sent.messages == (("user", "Hi there"),)
+
+
+def test_a_json_answer_keeps_dry_but_not_the_presence_penalty(
+    qf: InProcess, shaped: Dialect
+) -> None:
+    """JSON repeats its quotes, commas and braces by design: the endpoint's presence and
+    frequency penalties are left out of a constrained answer's loop guard, DRY is kept."""
+    endpoint = EndpointSettings()
+    assert endpoint.presence_penalty > 0 and endpoint.dry_multiplier > 0
+    key = shaped.secret(qf, qf.new_app())
+    for response_format, presence in ((JSON_OBJECT, 0.0), (None, endpoint.presence_penalty)):
+        ask = Ask(wire={"response_format": response_format} if response_format else {})
+        assert shaped.reply(shaped.post(qf, key, ask), ask).text == ANSWER
+        guard = qf.engine.last.sampling.loop_guard
+        assert guard is not None
+        assert (guard.presence_penalty, guard.dry_multiplier) == (
+            presence,
+            endpoint.dry_multiplier,
+        )
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

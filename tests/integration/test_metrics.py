@@ -62,8 +62,9 @@ def test_metrics_follow_requests(server: Server, token: str) -> None:
         assert (f"qfserve_prefix_cache_{name}_total", tuple(sorted(ram.items()))) in after
     assert grew("qfserve_prefix_cache_misses_total", **ram) == 1
     # The KV pool the sequences share: nothing reserved once the answer is done, its tokens
-    # cached in the idle slot.
-    assert value(after, "qfserve_kv_cells", state="total", **ep) >= 2 * 1024
+    # cached in the idle slot (beside what earlier tests left in the others).
+    total = value(after, "qfserve_kv_cells", state="total", **ep)
+    assert total >= 2 * 1024
     assert value(after, "qfserve_kv_cells", state="reserved", **ep) == 0
     cached = value(after, "qfserve_kv_cells", state="cached", **ep)
-    assert answer["usage"]["prompt_tokens"] <= cached <= answer["usage"]["total_tokens"]
+    assert answer["usage"]["prompt_tokens"] <= cached <= total
