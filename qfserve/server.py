@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -146,9 +147,13 @@ def create_app(settings: Settings, engines: EngineRegistry | None = None) -> Ser
         try:
             yield
         finally:
-            reloading.cancel()
-            if pruning is not None:
-                pruning.cancel()
+            # Cancelled and awaited: a prune running in a worker thread finishes before the
+            # database closes under it.
+            for job in (reloading, pruning):
+                if job is not None:
+                    job.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await job
             await registry.close()
             # After the engines: every finished call has queued its usage row by now.
             await anyio.to_thread.run_sync(ledger.close)

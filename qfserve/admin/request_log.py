@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -134,6 +135,11 @@ class RequestLogPruner:
         self._max_rows = max_rows
         self._batch = batch_rows
         self._clock = clock
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Ask a prune running in another thread to end after its current batch."""
+        self._stopping.set()
 
     def prune(self) -> Pruned:
         by_age = 0
@@ -174,7 +180,7 @@ class RequestLogPruner:
                 if ids:
                     connection.execute(delete(RequestLogRow).where(RequestLogRow.id.in_(ids)))
             deleted += len(ids)
-            if len(ids) < self._batch:
+            if len(ids) < self._batch or self._stopping.is_set():
                 return deleted
 
 
@@ -192,8 +198,15 @@ async def keep_pruned(pruner: RequestLogPruner, every_seconds: float) -> None:
     """The server's background job: prune now, then every `every_seconds`, until cancelled.
     A database in trouble is logged and tried again next time."""
     while True:
+        running = asyncio.ensure_future(anyio.to_thread.run_sync(pruner.prune))
         try:
-            pruned = await anyio.to_thread.run_sync(pruner.prune)
+            pruned = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # The server closes the database once this job is cancelled and awaited: a prune
+            # still running in its thread would use it closed.
+            pruner.stop()
+            await asyncio.wait([running])
+            raise
         except SQLAlchemyError as exc:
             log.warning("request log: pruning failed, trying again later: %s", type(exc).__name__)
         except Exception as exc:  # a bug: logged, and the job lives on

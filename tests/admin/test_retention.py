@@ -4,13 +4,17 @@ On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 from sqlalchemy import Engine, event, func, insert, select
 
-from qfserve.admin.request_log import RequestLogPruner
+from qfserve.admin.request_log import Pruned, RequestLogPruner, keep_pruned
 from qfserve.store.database import Database
 from qfserve.store.schema import RequestLogRow, UsageRow
 
@@ -86,6 +90,17 @@ def test_rows_past_retention_go_in_batches_and_nothing_else(
     assert pruner.prune().by_age == 0
 
 
+def test_a_stopped_pruner_ends_after_one_batch(database: Database, deletes: list[str]) -> None:
+    _fill(database, [90, 80, 70, 60, 50, 40, 1])
+    deletes.clear()
+    pruner = RequestLogPruner(
+        database, retention=timedelta(days=30), max_rows=0, batch_rows=2, clock=lambda: NOW
+    )
+    pruner.stop()
+    assert pruner.prune().by_age == 2
+    assert len(deletes) == 1
+
+
 def test_the_size_budget_keeps_the_newest_rows(database: Database) -> None:
     ages = [float(age) for age in range(20, 0, -1)]  # 20 rows, oldest first
     _fill(database, ages)
@@ -112,3 +127,36 @@ def test_no_limits_deletes_nothing(database: Database) -> None:
     pruner = RequestLogPruner(database, retention=None, max_rows=0, batch_rows=2)
     assert pruner.prune().by_age == 0
     assert _left(database) == ["r0", "r1"]
+
+
+class _BlockedPruner:
+    """A pruner whose prune waits, in its worker thread, until released."""
+
+    def __init__(self) -> None:
+        self.started, self.release, self.returned = (threading.Event() for _ in range(3))
+
+    def stop(self) -> None:
+        pass
+
+    def prune(self) -> Pruned:
+        self.started.set()
+        self.release.wait(timeout=30)
+        self.returned.set()
+        return Pruned(0, 0)
+
+
+def test_a_cancelled_pruning_job_ends_after_the_prune_in_its_thread() -> None:
+    """The server cancels and awaits the job before closing the database: awaiting must not
+    return while a prune still runs in its thread, which would then use a closed database."""
+
+    async def scenario(pruner: _BlockedPruner) -> None:
+        job = asyncio.create_task(keep_pruned(cast(RequestLogPruner, pruner), 3600))
+        while not pruner.started.is_set():
+            await asyncio.sleep(0.01)
+        job.cancel()
+        threading.Timer(0.2, pruner.release.set).start()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        assert pruner.returned.is_set()
+
+    asyncio.run(scenario(_BlockedPruner()))
