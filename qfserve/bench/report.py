@@ -384,4 +384,8 @@ NOTES = [
     "  schema, in the same run; s3 compares tokens/s per stream (answered tokens over the time",
     "  their requests took), which a stream idle at the end of a run does not dilute.",
     "- Figures vary about 10% from run to run on this kind of machine: compare within one run.",
+    "- Measured apart, each by its own mode of `qfserve bench` (bench/README.md): the bundled",
+    "  model's weight types (KERNELS.md), peak memory (MEMORY.md), loop guards (LOOPS.md),",
+    "  many conversations over the prefix cache's tiers (CONVERSATIONS.md), the gateway's",
+    "  overhead (GATEWAY.md) and structured output alone (STRUCTURED.md).",
 ]
