@@ -187,6 +187,12 @@ class EngineSettings(BaseModel):
         """`kv_cache_tokens`, or its default."""
         return self.kv_cache_tokens if self.kv_cache_tokens is not None else 2 * self.context_length
 
+    @property
+    def kv_shared(self) -> bool:
+        """Whether the sequences share one pool of KV cells: False when it holds a whole context
+        for every sequence, which then gets cells of its own."""
+        return self.kv_pool_tokens < self.n_parallel * self.context_length
+
     @model_validator(mode="after")
     def _pool_holds_a_context(self) -> EngineSettings:
         # An unset context is sized for the endpoints later (`Settings`), and checked then.

@@ -206,7 +206,7 @@ def memory_mode(
             "kv_type": variant.kv_type,
             "context_length": context,
             "kv_cache_tokens": engine.kv_pool_tokens,
-            "kv_shared": engine.kv_pool_tokens < engine.n_parallel * context,
+            "kv_shared": engine.kv_shared,
             **{k: summary[k] for k in ("requests", "errors", "output_tokens_per_s", "loops")},
             "peak_rss_bytes": summary["peak_rss_bytes"],
         }

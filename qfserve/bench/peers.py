@@ -296,8 +296,8 @@ async def start_llama_server(
 def shared_pool(n_parallel: int, n_ctx: int) -> int | None:
     """The cells of the KV pool qfserve's slots share by default, for `n_parallel` sequences of
     `n_ctx` tokens; None when the pool holds a context per slot (each slot has its own)."""
-    pool = EngineSettings(context_length=n_ctx).kv_pool_tokens
-    return None if pool >= n_parallel * n_ctx else pool
+    engine = EngineSettings(context_length=n_ctx, n_parallel=n_parallel)
+    return engine.kv_pool_tokens if engine.kv_shared else None
 
 
 def qfserve_kv_flags(n_parallel: int, n_ctx: int) -> list[str]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import llama_cpp
 
-from qfserve.config import EngineSettings
+from qfserve.config import EngineSettings, check_kv_pool
 from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, GenerationRequest
 from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
@@ -105,7 +105,7 @@ class LlamaCppEngine:
         self.settings = settings
         self.model_path = model_path
         self.name = name
-        self.kv_unified = settings.kv_pool_tokens < settings.n_parallel * settings.context_length
+        self.kv_unified = settings.kv_shared
         self._model: LlamaModel | None = None
         self._ctx: Any = None
         self._mem: Any = None
@@ -293,11 +293,10 @@ class LlamaCppEngine:
             self._n_ctx_seq = min(s.context_length, model.n_ctx_train or s.context_length)
             if s.n_parallel > llama_cpp.llama_max_parallel_sequences():
                 raise EngineUnavailable(f"n_parallel {s.n_parallel} exceeds llama.cpp's maximum")
-            if s.kv_pool_tokens < s.context_length:
-                raise EngineUnavailable(
-                    f"engine.kv_cache_tokens {s.kv_pool_tokens} is less than one sequence's "
-                    f"context_length {s.context_length}"
-                )
+            try:
+                check_kv_pool(s)
+            except ValueError as exc:
+                raise EngineUnavailable(str(exc)) from None
             # The scheduler's sequences may use up to this many cells each.
             self._sched.max_seq_cells = self._n_ctx_seq
             params = llama_cpp.llama_context_default_params()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qfserve.config import context_needed, load_settings
+from qfserve.config import EngineSettings, context_needed, load_settings
 
 
 def test_toml_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,3 +96,10 @@ def test_a_kv_pool_smaller_than_one_context_is_refused(
         load_settings()
     monkeypatch.setenv("QFSERVE_ENGINE__CONTEXT_LENGTH", "4096")
     assert load_settings().engine.kv_pool_tokens == 4096
+
+
+def test_a_pool_of_a_context_per_sequence_is_not_shared() -> None:
+    assert EngineSettings(context_length=1024).kv_shared
+    assert not EngineSettings(context_length=1024, kv_cache_tokens=8 * 1024).kv_shared
+    assert EngineSettings(context_length=1024, kv_cache_tokens=8 * 1024 - 1).kv_shared
+    assert not EngineSettings(context_length=1024, n_parallel=2).kv_shared
