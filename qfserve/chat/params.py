@@ -94,10 +94,15 @@ def loop_guard(endpoint: EndpointSettings) -> LoopGuard:
 
 
 def structured_guard(guard: LoopGuard | None) -> LoopGuard | None:
-    """The loop guard of an answer held to a grammar (JSON, a tool call): DRY only. Presence and
-    frequency penalties would push it away from the quotes, commas and braces its structure
-    repeats by design, and a small model then wanders until the token cap; DRY's sequence
-    breakers already spare them."""
+    """The loop guard of an answer held to a grammar (JSON, a tool call): DRY only, breaking
+    at newlines only. Presence and frequency penalties would push it away from the quotes,
+    commas and braces its structure repeats by design, and a small model then wanders until
+    the token cap. DRY's usual breakers, quotes and colons, stand between every key and value
+    of JSON, so with them DRY never sees a repeated pair, nor `{ "2": { "2": ...` nesting
+    forever, as a loop; the grammar forces the structural tokens anyway, so penalising them
+    costs nothing."""
     if guard is None:
         return None
-    return dataclasses.replace(guard, presence_penalty=0.0, frequency_penalty=0.0)
+    return dataclasses.replace(
+        guard, presence_penalty=0.0, frequency_penalty=0.0, dry_breakers=("\n",)
+    )

@@ -41,13 +41,16 @@ class LoopGuard:
 
     DRY penalises a token that would extend a sequence already seen in the last `dry_last_n`
     tokens, past `dry_allowed_length` tokens, by `dry_multiplier` x `dry_base` ^ (length -
-    allowed); `dry_multiplier` 0 turns it off. Presence and frequency penalties (OpenAI's
-    meaning) look at the last `penalty_last_n` tokens."""
+    allowed); `dry_multiplier` 0 turns it off. A match stops at any of `dry_breakers`. Presence
+    and frequency penalties (OpenAI's meaning) look at the last `penalty_last_n` tokens."""
 
     dry_multiplier: float = 0.0
     dry_base: float = 1.75
     dry_allowed_length: int = 2
     dry_last_n: int = 1024
+    # llama.cpp's own defaults: in prose, a repeated line opening, a key in "key: value", quotes
+    # and markdown's bullets are not loops.
+    dry_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64

@@ -34,9 +34,6 @@ from qfserve.errors import InternalError
 PENALTY_LAST_N = 64
 # The likeliest tokens a refused token is resampled from (more than any top_k asked in practice).
 SHORTLIST = 64
-# Where DRY stops matching a repeated sequence (llama.cpp's own defaults): a repeated line
-# opening, a key in "key: value", quotes and markdown's bullets are not loops.
-DRY_BREAKERS = (b"\n", b":", b'"', b"*")
 _UINT32 = 0xFFFFFFFF
 _NEG_INF = -math.inf
 
@@ -71,7 +68,8 @@ def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
     if guard.dry_multiplier > 0 and guard.dry_last_n > 0:
         if vocab is None:
             raise InternalError("the DRY sampler needs the model's vocabulary")
-        breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*DRY_BREAKERS)
+        encoded = [breaker.encode() for breaker in guard.dry_breakers]
+        breakers = (ctypes.c_char_p * len(encoded))(*encoded)
         parts.append(
             llama_cpp.llama_sampler_init_dry(
                 vocab,
@@ -80,7 +78,7 @@ def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
                 guard.dry_allowed_length,
                 guard.dry_last_n,
                 breakers,
-                len(DRY_BREAKERS),
+                len(encoded),
             )
         )
     return parts

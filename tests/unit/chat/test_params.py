@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from qfserve.chat.params import RequestedSampling, resolve_sampling
+from qfserve.chat.params import RequestedSampling, resolve_sampling, structured_guard
 from qfserve.config import EndpointSettings
 from qfserve.engines.base import LoopGuard
 from qfserve.errors import RuleViolation
@@ -58,3 +58,15 @@ def test_the_endpoint_loop_guard_reaches_every_request() -> None:
 def test_the_default_endpoint_guards_with_dry() -> None:
     guard = resolve_sampling(RequestedSampling(), ENDPOINT).loop_guard
     assert guard is not None and guard.dry_multiplier > 0
+
+
+def test_a_structured_answer_is_guarded_by_dry_breaking_at_newlines_only() -> None:
+    endpoint = EndpointSettings(presence_penalty=0.3, frequency_penalty=0.1)
+    guard = resolve_sampling(RequestedSampling(), endpoint).loop_guard
+    assert guard is not None and '"' in guard.dry_breakers and ":" in guard.dry_breakers
+    structured = structured_guard(guard)
+    assert structured is not None
+    assert structured.dry_multiplier == guard.dry_multiplier
+    assert (structured.presence_penalty, structured.frequency_penalty) == (0.0, 0.0)
+    assert structured.dry_breakers == ("\n",)
+    assert structured_guard(None) is None
