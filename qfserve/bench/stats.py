@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -105,3 +106,55 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+@dataclass(slots=True)
+class FullBatch:
+    """A case's answered tokens and stream-seconds while every stream of its run was decoding
+    (each had its first token and not yet its last): with the batch at its set size throughout,
+    streams of different runs are compared at the same load, which the tail of a run, where
+    streams whose answers ended early have left the batch, would not give."""
+
+    tokens: float = 0.0
+    stream_s: float = 0.0
+
+    def add(self, other: FullBatch) -> None:
+        self.tokens += other.tokens
+        self.stream_s += other.stream_s
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.stream_s if self.stream_s > 0 else None
+
+
+def _decoding(record: RequestRecord) -> tuple[float, float] | None:
+    """When a record's stream was decoding, from its run's start: first token to last."""
+    if not record.ok or len(record.token_times) < 2:
+        return None
+    return record.start_s + record.token_times[0], record.start_s + record.token_times[-1]
+
+
+def full_batch(cases: dict[str, RunResult], concurrency: int) -> dict[str, FullBatch]:
+    """`FullBatch` of each case of one run (its lanes, which ran at once). A token counts from
+    its arrival, and the server's count of an answer's tokens is spread over its events."""
+    spans = [span for run in cases.values() for r in run.records if (span := _decoding(r))]
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    full: list[tuple[float, float]] = []
+    decoding = 0
+    for (at, step), (then, _) in itertools.pairwise([*edges, (math.inf, 0)]):
+        decoding += step
+        if decoding >= concurrency and then > at:
+            full.append((at, then))
+    found: dict[str, FullBatch] = {}
+    for name, run in cases.items():
+        share = found.setdefault(name, FullBatch())
+        for record in run.records:
+            span = _decoding(record)
+            if span is None:
+                continue
+            per_event = record.output_tokens / len(record.token_times)
+            for low, high in full:
+                share.stream_s += max(0.0, min(high, span[1]) - max(low, span[0]))
+                arrived = sum(low < record.start_s + t <= high for t in record.token_times[1:])
+                share.tokens += arrived * per_event
+    return found

@@ -12,7 +12,7 @@ from rich.progress import Progress
 
 from qfserve.bench.client import Dialect, Sampling, Target
 from qfserve.bench.runner import Lane, run_lanes, warm_up
-from qfserve.bench.stats import RunResult, merge
+from qfserve.bench.stats import FullBatch, RunResult, full_batch, merge
 from qfserve.bench.structured_report import (
     CASES,
     FREE,
@@ -117,6 +117,7 @@ async def run_structured(
     mixed_at = result["mixed_level"]
     runs: dict[tuple[str, int], list[RunResult]] = {}
     streams: dict[tuple[str, int], int] = {}
+    batches: dict[tuple[str, int], FullBatch] = {}
     for round_number in range(1, rounds + 1):
         for level in levels:
             for lanes in plan(
@@ -131,8 +132,12 @@ async def run_structured(
                 for lane in lanes:
                     runs.setdefault((lane.name, level), []).append(done[lane.name])
                     streams[(lane.name, level)] = lane.streams
+                for name, share in full_batch(done, level).items():
+                    batches.setdefault((name, level), FullBatch()).add(share)
     result["cases"] = [
-        case_summary(case, streams[(case, level)], merge(runs[(case, level)]))
+        case_summary(
+            case, streams[(case, level)], merge(runs[(case, level)]), batches.get((case, level))
+        )
         for level in levels
         for case in CASES
         if (case, level) in runs
