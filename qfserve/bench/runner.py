@@ -57,13 +57,15 @@ def client_for(concurrency: int) -> httpx.AsyncClient:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lane:
     """Some of a run's concurrent streams, asking their own share of its requests alike: request
-    `i` of a lane asks `request_messages(prompts, i, tag)`, in `response_format` if given."""
+    `i` of a lane asks `request_messages(prompts, first + i, tag)`, in `response_format` if
+    given."""
 
     name: str
     streams: int
     requests: int
     tag: str = ""
     response_format: Mapping[str, Any] | None = None
+    first: int = 0
 
 
 async def run_load(
@@ -111,10 +113,11 @@ async def run_lanes(
             kept = records[lane.name]
             while (i := next(indexes[lane.name])) < lane.requests:
                 start = time.perf_counter() - began
-                messages = request_messages(prompts, i, lane.tag)
+                asked = lane.first + i
+                messages = request_messages(prompts, asked, lane.tag)
                 record = await stream_chat(client, target, messages, sampling, lane.response_format)
                 record.start_s = start
-                record.lang = prompts[i % len(prompts)].lang
+                record.lang = prompts[asked % len(prompts)].lang
                 kept[i] = record
                 if progress is not None and task is not None:
                     progress.advance(task)

@@ -56,8 +56,10 @@ def plan(
 ) -> list[list[Lane]]:
     """The runs of one level in one round, each a list of lanes run at once: every stream free,
     every stream with the schema, and (if `mixed`) half of each, in reverse order every other
-    round. Every run has `requests` in all and the same concurrency; each lane its own tag, so
-    that no request shares more than the chat template's opening with another."""
+    round. Every run has `requests` in all and the same concurrency, and asks the same prompts:
+    the mixed run's schema half takes up where its free half stops, so that the two runs differ
+    only by the schema. Each lane has its own tag, so that no request shares more than the chat
+    template's opening with another."""
     tag = f"s{round_number}.{level}."
     runs = [
         [Lane(FREE, level, requests, tag + "f.")],
@@ -76,6 +78,7 @@ def plan(
                     max(1, requests - free_requests),
                     tag + "ms.",
                     response_format,
+                    first=free_requests,
                 ),
             ]
         )

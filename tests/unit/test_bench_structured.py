@@ -123,6 +123,9 @@ def test_each_level_asks_free_then_with_the_schema_then_both_side_by_side() -> N
         "mixed_free": None,
         "mixed_schema": FORMAT,
     }
+    # The mixed run asks the prompts the others ask: the schema half takes up where the free
+    # half stops.
+    assert [lane.first for run in runs for lane in run] == [0, 0, 0, 8]
     assert [len(run) for run in plan(1, 16, 1, FORMAT, mixed=False)] == [1, 1]
     # A level of 1 cannot be split in two.
     assert len(plan(1, 16, 1, FORMAT, mixed=True)) == 2
@@ -461,7 +464,7 @@ def test_lanes_run_side_by_side_each_at_its_own_concurrency(
 ) -> None:
     # Every answer waits until all 8 streams are in flight: each lane then holds its own share.
     server = _serve(monkeypatch, _MockServer(together=8))
-    lanes = [Lane("free", 5, 10, "f."), Lane("schema", 3, 6, "s.", FORMAT)]
+    lanes = [Lane("free", 5, 10, "f."), Lane("schema", 3, 6, "s.", FORMAT, first=1)]
     runs = asyncio.run(run_lanes(TARGET, PROMPTS, lanes, sampling=Sampling()))
     assert set(runs) == {"free", "schema"}
     free, schema = runs["free"], runs["schema"]
@@ -472,7 +475,8 @@ def test_lanes_run_side_by_side_each_at_its_own_concurrency(
     assert {r.text for r in schema.records} == {'{"days": 3}'}
     assert server.most_in_flight == Counter({False: 5, True: 3})
     asked = sorted(b["messages"][0]["content"] for b in server.bodies if "response_format" in b)
-    assert asked == sorted(f"[s.{i}] {PROMPTS[i % 2].text}" for i in range(6))
+    # The schema lane's requests from the second prompt on.
+    assert asked == sorted(f"[s.{i}] {PROMPTS[i % 2].text}" for i in range(1, 7))
     assert all(b["response_format"] == FORMAT for b in server.bodies if "[s." in str(b))
     assert not any("response_format" in b for b in server.bodies if "[f." in str(b))
 
