@@ -34,7 +34,7 @@ from qfserve.engines.base import Delta, EngineInfo, EngineStats, FinishReason, G
 from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
 from qfserve.engines.prefix_store import BLOCK, PrefixCache, Restorable, model_fingerprint
-from qfserve.engines.sampling import SequenceSampler
+from qfserve.engines.sampling import DrySamplers, SequenceSampler
 from qfserve.engines.scheduler import (
     KEEP_AT_LEAST,
     MIN_RESTORE_GAIN,
@@ -139,6 +139,7 @@ class LlamaCppEngine:
         self._keys = itertools.count(1)
         self._out: list[tuple[_Live, Item]] = []
         self._grammars: GrammarCache | None = None
+        self._dry: DrySamplers | None = None
 
     # -- the event loop's side ------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ class LlamaCppEngine:
             raise
         self._model, self._ctx = model, ctx
         self._grammars = GrammarCache(model.vocab)
+        self._dry = DrySamplers(model.vocab)
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         b = self._batch
@@ -375,6 +377,9 @@ class LlamaCppEngine:
         if self._grammars is not None:
             self._grammars.close()
             self._grammars = None
+        if self._dry is not None:
+            self._dry.close()
+            self._dry = None
         if self._ctx is not None:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
@@ -466,7 +471,7 @@ class LlamaCppEngine:
             n_vocab=self._model.n_vocab,
             default_seed=self.settings.seed,
             grammar=live.grammar,
-            vocab=self._model.vocab,
+            dry=self._dry,
         )
         live.grammar = None  # the sampler owns it now
 

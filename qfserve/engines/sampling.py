@@ -48,7 +48,56 @@ def resolve_seed(request_seed: int | None, default_seed: int) -> int:
     return llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed & _UINT32
 
 
-def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
+class DrySamplers:
+    """DRY samplers for one vocabulary, each a clone of a template kept per loop guard. Making
+    one from scratch matches every sequence breaker against the whole vocabulary, milliseconds
+    on the engine thread at every admission, while the batch waits; a clone copies the matches.
+    A template never samples, so its clones start with no history. Engine thread only;
+    `close()` frees the templates (not the clones: their chains own them)."""
+
+    # Guards differ by endpoint (and constrained answers' own); more would be a misuse.
+    MAX_TEMPLATES = 64
+
+    def __init__(self, vocab: Any) -> None:
+        self._vocab = vocab
+        self._templates: dict[tuple[Any, ...], Any] = {}
+
+    def new(self, guard: LoopGuard) -> Any:
+        key = (
+            guard.dry_multiplier,
+            guard.dry_base,
+            guard.dry_allowed_length,
+            guard.dry_last_n,
+            guard.dry_breakers,
+        )
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= self.MAX_TEMPLATES:
+                llama_cpp.llama_sampler_free(self._templates.pop(next(iter(self._templates))))
+            encoded = [breaker.encode() for breaker in guard.dry_breakers]
+            template = llama_cpp.llama_sampler_init_dry(
+                self._vocab,
+                guard.dry_multiplier,
+                guard.dry_base,
+                guard.dry_allowed_length,
+                guard.dry_last_n,
+                (ctypes.c_char_p * len(encoded))(*encoded),
+                len(encoded),
+            )
+            self._templates[key] = template
+        return llama_cpp.llama_sampler_clone(template)
+
+    def __len__(self) -> int:
+        """How many templates are kept."""
+        return len(self._templates)
+
+    def close(self) -> None:
+        for template in self._templates.values():
+            llama_cpp.llama_sampler_free(template)
+        self._templates.clear()
+
+
+def _guard_parts(params: SamplingParams, n_vocab: int, dry: DrySamplers | None) -> list[Any]:
     """The penalties and DRY samplers, in llama.cpp's `common_sampler` order; none if all off."""
     guard = params.loop_guard or LoopGuard(dry_multiplier=0.0)
     parts: list[Any] = []
@@ -66,21 +115,9 @@ def _guard_parts(params: SamplingParams, n_vocab: int, vocab: Any) -> list[Any]:
             )
         )
     if guard.dry_multiplier > 0 and guard.dry_last_n > 0:
-        if vocab is None:
+        if dry is None:
             raise InternalError("the DRY sampler needs the model's vocabulary")
-        encoded = [breaker.encode() for breaker in guard.dry_breakers]
-        breakers = (ctypes.c_char_p * len(encoded))(*encoded)
-        parts.append(
-            llama_cpp.llama_sampler_init_dry(
-                vocab,
-                guard.dry_multiplier,
-                guard.dry_base,
-                guard.dry_allowed_length,
-                guard.dry_last_n,
-                breakers,
-                len(encoded),
-            )
-        )
+        parts.append(dry.new(guard))
     return parts
 
 
@@ -167,7 +204,7 @@ class _OneToken:
 
 class SequenceSampler:
     """penalties (if any is on), DRY (if on), top_k, top_p, temp, dist; greedy if temperature
-    <= 0. DRY needs the model's `vocab`.
+    <= 0. DRY needs `dry`, the model's DRY samplers.
 
     With a grammar (a grammar sampler, which this object then owns and frees), every token
     sampled keeps to it. `grammar_first` masks the whole vocabulary with the grammar before every
@@ -194,9 +231,9 @@ class SequenceSampler:
         default_seed: int = -1,
         grammar: Any = None,
         grammar_first: bool = False,
-        vocab: Any = None,
+        dry: DrySamplers | None = None,
     ) -> None:
-        guard_parts = _guard_parts(params, n_vocab, vocab)
+        guard_parts = _guard_parts(params, n_vocab, dry)
         choice_parts = _choice_parts(params, default_seed)
         # Without a grammar one chain does it all, sampled by llama.cpp in one call; with one, the
         # guard is a chain of its own, for the resample's shortlist to come after it.

@@ -121,17 +121,17 @@ class Twins:
         n_vocab: int,
         default_seed: int,
         grammar: Any,
-        vocab: Any = None,
+        dry: Any = None,
     ) -> None:
         self.n_vocab = n_vocab
         self.fast = SequenceSampler(
-            params, n_vocab=n_vocab, default_seed=default_seed, grammar=grammar, vocab=vocab
+            params, n_vocab=n_vocab, default_seed=default_seed, grammar=grammar, dry=dry
         )
         self.first = SequenceSampler(
             params,
             n_vocab=n_vocab,
             default_seed=default_seed,
-            vocab=vocab,
+            dry=dry,
             grammar=llama_cpp.llama_sampler_clone(grammar) if grammar else None,
             grammar_first=True,
         )

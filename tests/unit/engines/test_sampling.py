@@ -18,7 +18,7 @@ from qfserve.engines.base import LoopGuard, SamplingParams
 from qfserve.engines.grammar import GrammarCache
 from qfserve.engines.model import LlamaModel
 from qfserve.engines.registry import bundled_model_path
-from qfserve.engines.sampling import SHORTLIST, SequenceSampler
+from qfserve.engines.sampling import SHORTLIST, DrySamplers, SequenceSampler
 from qfserve.errors import InternalError, InvalidArgument
 
 pytestmark = pytest.mark.model
@@ -40,6 +40,13 @@ def grammars(model: LlamaModel) -> Iterator[GrammarCache]:
     cache = GrammarCache(model.vocab)
     yield cache
     cache.close()
+
+
+@pytest.fixture(scope="module")
+def dry(model: LlamaModel) -> Iterator[DrySamplers]:
+    samplers = DrySamplers(model.vocab)
+    yield samplers
+    samplers.close()
 
 
 def one_token(model: LlamaModel, text: str) -> int:
@@ -106,7 +113,7 @@ def test_a_refused_token_is_found_beyond_the_shortlist_when_it_holds_none(
 
 
 def test_greedy_picks_what_the_grammar_first_chain_picks(
-    model: LlamaModel, grammars: GrammarCache
+    model: LlamaModel, grammars: GrammarCache, dry: DrySamplers
 ) -> None:
     rng = np.random.default_rng(3)
     guarded = [
@@ -117,8 +124,8 @@ def test_greedy_picks_what_the_grammar_first_chain_picks(
     kept_own_choice = 0
     for grammar in (WORDS, JSON_GBNF):
         for params in (GREEDY, *guarded):
-            fast = sampler(model, grammars, grammar, params, vocab=model.vocab)
-            first = sampler(model, grammars, grammar, params, grammar_first=True, vocab=model.vocab)
+            fast = sampler(model, grammars, grammar, params, dry=dry)
+            first = sampler(model, grammars, grammar, params, grammar_first=True, dry=dry)
             for _ in range(40):
                 logits = rng.normal(0.0, 3.0, model.n_vocab).astype(np.float32)
                 assert fast.sample_logits(logits) == first.sample_logits(logits)
@@ -131,7 +138,7 @@ def test_greedy_picks_what_the_grammar_first_chain_picks(
 
 
 def test_a_loop_guard_keeps_the_resample_on_the_shortlist(
-    model: LlamaModel, grammars: GrammarCache
+    model: LlamaModel, grammars: GrammarCache, dry: DrySamplers
 ) -> None:
     """The guard's penalties come before the shortlist, so the resample finds the allowed token
     the chain would choose on it, without masking the whole vocabulary."""
@@ -140,7 +147,7 @@ def test_a_loop_guard_keeps_the_resample_on_the_shortlist(
         GREEDY, loop_guard=LoopGuard(dry_multiplier=0.0, presence_penalty=2.0, penalty_last_n=8)
     )
     twins = [
-        sampler(model, grammars, 'root ::= ("yes" | "no")+', params, vocab=model.vocab, **options)
+        sampler(model, grammars, 'root ::= ("yes" | "no")+', params, dry=dry, **options)
         for options in ({}, {"grammar_first": True})
     ]
     assert twins[0].stages() == ["penalties", "greedy"]
@@ -244,28 +251,71 @@ DRY = LoopGuard(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2, dry_las
     ],
 )
 def test_the_loop_guard_settings_reach_the_chain(
-    model: LlamaModel, params: SamplingParams, stages: list[str]
+    model: LlamaModel, dry: DrySamplers, params: SamplingParams, stages: list[str]
 ) -> None:
-    s = SequenceSampler(params, n_vocab=model.n_vocab, vocab=model.vocab)
+    s = SequenceSampler(params, n_vocab=model.n_vocab, dry=dry)
     assert s.stages() == stages
     s.close()
 
 
-def test_dry_turns_away_from_repeating_a_sequence(model: LlamaModel) -> None:
+def _repeat_then_choose(model: LlamaModel, s: SequenceSampler) -> int:
+    """apple pear plum apple pear, then "plum" (which would repeat a sequence of three) a
+    little ahead of "fig": what `s` chooses."""
     apple, pear, plum, fig = (one_token(model, w) for w in (" apple", " pear", " plum", " fig"))
-    chosen = {}
-    for name, guard in (("off", None), ("dry", DRY)):
-        s = SequenceSampler(
-            dataclasses.replace(GREEDY, loop_guard=guard), n_vocab=model.n_vocab, vocab=model.vocab
+    for token in (apple, pear, plum, apple, pear):
+        assert s.sample_logits(favouring(model, token)) == token
+    logits = favouring(model, plum, fig)
+    logits[fig] = logits[plum] - 0.5
+    chosen = s.sample_logits(logits)
+    s.close()
+    return chosen
+
+
+def test_dry_turns_away_from_repeating_a_sequence(model: LlamaModel, dry: DrySamplers) -> None:
+    plum, fig = one_token(model, " plum"), one_token(model, " fig")
+    chosen = {
+        name: _repeat_then_choose(
+            model,
+            SequenceSampler(
+                dataclasses.replace(GREEDY, loop_guard=guard), n_vocab=model.n_vocab, dry=dry
+            ),
         )
-        # apple pear plum apple pear: "plum" next would repeat a sequence of three.
-        for token in (apple, pear, plum, apple, pear):
-            assert s.sample_logits(favouring(model, token)) == token
-        logits = favouring(model, plum, fig)
-        logits[fig] = logits[plum] - 0.5
-        chosen[name] = s.sample_logits(logits)
-        s.close()
+        for name, guard in (("off", None), ("dry", DRY))
+    }
     assert chosen == {"off": plum, "dry": fig}
+
+
+def test_every_dry_sampler_starts_afresh(model: LlamaModel) -> None:
+    """Cloned from one template per guard, a sequence's DRY sampler carries no other
+    sequence's history, and the breakers of its own guard."""
+    samplers = DrySamplers(model.vocab)
+    fig = one_token(model, " fig")
+    params = dataclasses.replace(GREEDY, loop_guard=DRY)
+    for _ in range(3):
+        s = SequenceSampler(params, n_vocab=model.n_vocab, dry=samplers)
+        assert _repeat_then_choose(model, s) == fig
+    # A sequence that saw nothing yet takes the favourite.
+    fresh = SequenceSampler(params, n_vocab=model.n_vocab, dry=samplers)
+    plum = one_token(model, " plum")
+    assert fresh.sample_logits(favouring(model, plum)) == plum
+    fresh.close()
+    # Another guard, another template; the same guard again, none.
+    other = dataclasses.replace(DRY, dry_breakers=(" pear",))
+    SequenceSampler(
+        dataclasses.replace(GREEDY, loop_guard=other), n_vocab=model.n_vocab, dry=samplers
+    ).close()
+    assert len(samplers) == 2
+    samplers.close()
+    assert len(samplers) == 0
+
+
+def test_dry_breakers_stop_a_match(model: LlamaModel, dry: DrySamplers) -> None:
+    """With " pear" a breaker, "apple pear" is no repeated sequence to extend: "plum" stays."""
+    guard = dataclasses.replace(DRY, dry_breakers=(" pear",))
+    s = SequenceSampler(
+        dataclasses.replace(GREEDY, loop_guard=guard), n_vocab=model.n_vocab, dry=dry
+    )
+    assert _repeat_then_choose(model, s) == one_token(model, " plum")
 
 
 def test_dry_needs_the_vocabulary(model: LlamaModel) -> None:
