@@ -355,7 +355,7 @@ def _many_conversations(
     from qfserve.bench.many_conversations_run import ManyOptions, run_many
     from qfserve.bench.workload import default_dir
     from qfserve.config import EngineSettings
-    from qfserve.engines.registry import bundled_model_path
+    from qfserve.engines.registry import default_model_path
 
     chosen = tuple(dict.fromkeys(v.strip() for v in variants.split(",") if v.strip()))
     if not chosen or any(v not in VARIANTS for v in chosen):
@@ -371,7 +371,7 @@ def _many_conversations(
         )
     engine = EngineSettings()
     options = ManyOptions(
-        model=model or bundled_model_path(), threads=threads or engine.n_threads,
+        model=model or default_model_path(engine), threads=threads or engine.n_threads,
         n_ctx=engine.context_length, parallel=parallel or engine.n_parallel,
         conversations=conversations or DEFAULT_CONVERSATIONS, turns=turns, sampling=sampling,
         workload=workload or default_dir(), llama_server=llama_server, endpoint=endpoint,
@@ -403,7 +403,7 @@ def _gateway(
     from qfserve.bench.gateway import DEFAULT_PAIRS, DIALECTS, run_gateway
     from qfserve.bench.gateway_report import report, write
     from qfserve.config import EngineSettings
-    from qfserve.engines.registry import bundled_model_path
+    from qfserve.engines.registry import default_model_path
 
     chosen = list(dict.fromkeys(d.strip() for d in dialects.split(",") if d.strip()))
     if not chosen or any(d not in DIALECTS for d in chosen):
@@ -413,7 +413,7 @@ def _gateway(
     try:
         results = asyncio.run(
             run_gateway(
-                model=model or bundled_model_path(),
+                model=model or default_model_path(EngineSettings()),
                 threads=threads or EngineSettings().n_threads,
                 requests=requests or DEFAULT_PAIRS,
                 sampling=Sampling(
