@@ -131,6 +131,22 @@ def check_kv_pool(engine: EngineSettings) -> None:
         )
 
 
+# The RAM tier's default budget: a quarter of the machine's memory, at most llama-server's
+# default host-RAM prompt cache. Conversations come back in turn, the order least recently used
+# eviction handles worst: a budget below all of them holds none by the time each returns.
+CACHE_RAM_SHARE = 4
+CACHE_RAM_MAX_MB = 8192
+
+
+def default_cache_ram_mb() -> int:
+    """`engine.cache_ram_mb` unset: a quarter of physical memory, at most 8 GiB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1024
+    return max(0, min(CACHE_RAM_MAX_MB, (total >> 20) // CACHE_RAM_SHARE))
+
+
 class EngineSettings(BaseModel):
     """The embedded llama.cpp engine."""
 
@@ -167,9 +183,9 @@ class EngineSettings(BaseModel):
     prefill_chunk: int = 256
     seed: int = -1
     # The prefix cache beyond the slots: a slot's KV state about to be overwritten is saved, and
-    # restored when its conversation returns. RAM budget in MiB (0: off); 1 GiB holds ~46k tokens
-    # of the bundled model's f16 KV cache (23 KB a token), a few dozen conversations.
-    cache_ram_mb: int = Field(default=1024, ge=0)
+    # restored when its conversation returns. RAM budget in MiB (0: off), taken only as states
+    # are saved; 1 GiB holds ~46k tokens of the bundled model's f16 KV cache (23 KB a token).
+    cache_ram_mb: int = Field(default_factory=lambda: default_cache_ram_mb(), ge=0)
     # A directory for states leaving RAM, found again after a restart (empty: no disk tier), and
     # its budget in MiB.
     cache_dir: str = ""

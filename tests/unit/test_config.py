@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from qfserve import config
 from qfserve.config import EngineSettings, context_needed, load_settings
 
 
@@ -103,3 +105,15 @@ def test_a_pool_of_a_context_per_sequence_is_not_shared() -> None:
     assert not EngineSettings(context_length=1024, kv_cache_tokens=8 * 1024).kv_shared
     assert EngineSettings(context_length=1024, kv_cache_tokens=8 * 1024 - 1).kv_shared
     assert not EngineSettings(context_length=1024, n_parallel=2).kv_shared
+
+
+def test_the_ram_tier_takes_a_quarter_of_memory_at_most_8_gib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pages = {"SC_PHYS_PAGES": 0, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    for gib, expected in ((8, 2048), (24, 6144), (64, 8192)):
+        pages["SC_PHYS_PAGES"] = gib * 2**30 // 4096
+        assert config.default_cache_ram_mb() == expected
+        assert EngineSettings().cache_ram_mb == expected
+    assert EngineSettings(cache_ram_mb=0).cache_ram_mb == 0
