@@ -6,6 +6,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from qfserve.config import EngineSettings
 from tests.servers import Server
 
 pytestmark = pytest.mark.model
@@ -56,8 +57,9 @@ def test_metrics_follow_requests(server: Server, token: str) -> None:
     assert ("qfserve_prompt_tokens_cached_total", tuple(ep.items())) in after
     # The prefix cache's RAM tier: its budget is a metric, its counts are there from the start.
     ram = {**ep, "tier": "ram"}
-    assert value(after, "qfserve_prefix_cache_budget_bytes", **ram) == 1024 << 20
-    assert value(after, "qfserve_prefix_cache_bytes", **ram) <= 1024 << 20
+    budget = EngineSettings().cache_ram_mb << 20  # the server's default, on this machine
+    assert value(after, "qfserve_prefix_cache_budget_bytes", **ram) == budget
+    assert value(after, "qfserve_prefix_cache_bytes", **ram) <= budget
     for name in ("hits", "misses", "evictions", "restored_tokens"):
         assert (f"qfserve_prefix_cache_{name}_total", tuple(sorted(ram.items()))) in after
     assert grew("qfserve_prefix_cache_misses_total", **ram) == 1
