@@ -278,7 +278,6 @@ def bench(
             raise typer.Exit(1) from exc
         typer.echo(text)
         return
-    max_tokens = max_tokens or 128
     if gateway:
         tokens = 128 if max_tokens is None else max_tokens
         _gateway(model, threads, requests, tokens, temperature, seed, output, dialects, console)

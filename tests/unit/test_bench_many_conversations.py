@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import typer
+from typer.testing import CliRunner
 
+from qfserve.bench import cli as bench_cli
 from qfserve.bench import peers, sse
 from qfserve.bench.cli import _scenarios
 from qfserve.bench.client import Dialect, Sampling, Target
@@ -40,6 +42,7 @@ from qfserve.bench.many_conversations_report import (
 )
 from qfserve.bench.many_conversations_run import no_tier_conversations, restart_turn, variants
 from qfserve.bench.workload import (
+    ANSWER_TOKENS,
     DISK_TIER,
     LLAMA_SERVER_VARIANT,
     NO_TIER,
@@ -49,6 +52,7 @@ from qfserve.bench.workload import (
     default_dir,
     load_conversations,
 )
+from qfserve.cli import cli
 
 # ---- the conversations and their order
 
@@ -404,3 +408,14 @@ qfserve_generation_tokens_total{endpoint="llama_2_7b"} 50.0
     played["metrics"] = [samples, {"qfserve_prompt_tokens_total": 1000.0}]
     assert metrics_cached_share(played) == pytest.approx(0.3)
     assert "| 30% |" in markdown(_results(played))
+
+
+@pytest.mark.parametrize(("asked", "expected"), [([], ANSWER_TOKENS), (["--max-tokens", "7"], 7)])
+def test_many_conversations_answers_are_short_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, asked: list[str], expected: int
+) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(bench_cli, "_many_conversations", lambda **kwargs: seen.update(kwargs))
+    args = ["bench", "--scenarios", "many-conversations", "--no-reference", *asked]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert seen["sampling"].max_tokens == expected
