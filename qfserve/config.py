@@ -185,7 +185,7 @@ class EngineSettings(BaseModel):
     # The prefix cache beyond the slots: a slot's KV state about to be overwritten is saved, and
     # restored when its conversation returns. RAM budget in MiB (0: off), taken only as states
     # are saved; 1 GiB holds ~46k tokens of the bundled model's f16 KV cache (23 KB a token).
-    cache_ram_mb: int = Field(default_factory=lambda: default_cache_ram_mb(), ge=0)
+    cache_ram_mb: int = Field(default_factory=default_cache_ram_mb, ge=0)
     # A directory for states leaving RAM, found again after a restart (empty: no disk tier), and
     # its budget in MiB.
     cache_dir: str = ""

@@ -55,7 +55,7 @@ def case_summary(
         "streams": streams,
         **summary,
         "per_stream_tokens_per_s": per_stream_tokens_per_s(ok),
-        "full_batch_tokens_per_s": full.tokens_per_s if full else None,
+        FULL_BATCH: full.tokens_per_s if full else None,
         "tokens_per_answer": summary["output_tokens"] / len(ok) if ok else None,
         "json_answers": sum(json_object_so_far(r.text, r.finish) for r in ok),
     }

@@ -52,11 +52,10 @@ class DrySamplers:
     """DRY samplers for one vocabulary, each a clone of a template kept per loop guard. Making
     one from scratch matches every sequence breaker against the whole vocabulary, milliseconds
     on the engine thread at every admission, while the batch waits; a clone copies the matches.
-    A template never samples, so its clones start with no history. Engine thread only;
-    `close()` frees the templates (not the clones: their chains own them)."""
-
-    # Guards differ by endpoint (and constrained answers' own); more would be a misuse.
-    MAX_TEMPLATES = 64
+    A template never samples, so its clones start with no history. Guards come from the
+    endpoints' settings (and a constrained answer's variant of them), so the templates are as
+    few as those. Engine thread only; `close()` frees the templates (not the clones: their
+    chains own them)."""
 
     def __init__(self, vocab: Any) -> None:
         self._vocab = vocab
@@ -72,8 +71,6 @@ class DrySamplers:
         )
         template = self._templates.get(key)
         if template is None:
-            if len(self._templates) >= self.MAX_TEMPLATES:
-                llama_cpp.llama_sampler_free(self._templates.pop(next(iter(self._templates))))
             encoded = [breaker.encode() for breaker in guard.dry_breakers]
             template = llama_cpp.llama_sampler_init_dry(
                 self._vocab,
@@ -116,7 +113,7 @@ def _guard_parts(params: SamplingParams, n_vocab: int, dry: DrySamplers | None) 
         )
     if guard.dry_multiplier > 0 and guard.dry_last_n > 0:
         if dry is None:
-            raise InternalError("the DRY sampler needs the model's vocabulary")
+            raise InternalError("the DRY sampler needs the model's DrySamplers")
         parts.append(dry.new(guard))
     return parts
 

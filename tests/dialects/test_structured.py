@@ -12,6 +12,7 @@ import pytest
 
 from qfserve.chat.formats import JsonFormat, instruction, json_grammar
 from qfserve.config import EndpointSettings
+from qfserve.engines.base import LoopGuard
 from tests.dialects.dialects import OPENAI, V1, V2, Ask, Dialect
 from tests.fake_engine import ANSWER
 from tests.inprocess import InProcess
@@ -81,18 +82,24 @@ def test_a_json_answer_keeps_dry_but_not_the_presence_penalty(
     qf: InProcess, shaped: Dialect
 ) -> None:
     """JSON repeats its quotes, commas and braces by design: the endpoint's presence and
-    frequency penalties are left out of a constrained answer's loop guard, DRY is kept."""
+    frequency penalties are left out of a constrained answer's loop guard, DRY is kept, its
+    sequences broken at newlines only."""
     endpoint = EndpointSettings()
     assert endpoint.presence_penalty > 0 and endpoint.dry_multiplier > 0
+    prose = LoopGuard().dry_breakers
     key = shaped.secret(qf, qf.new_app())
-    for response_format, presence in ((JSON_OBJECT, 0.0), (None, endpoint.presence_penalty)):
+    for response_format, presence, breakers in (
+        (JSON_OBJECT, 0.0, ("\n",)),
+        (None, endpoint.presence_penalty, prose),
+    ):
         ask = Ask(wire={"response_format": response_format} if response_format else {})
         assert shaped.reply(shaped.post(qf, key, ask), ask).text == ANSWER
         guard = qf.engine.last.sampling.loop_guard
         assert guard is not None
-        assert (guard.presence_penalty, guard.dry_multiplier) == (
+        assert (guard.presence_penalty, guard.dry_multiplier, guard.dry_breakers) == (
             presence,
             endpoint.dry_multiplier,
+            breakers,
         )
 
 
